@@ -1,0 +1,236 @@
+"""Every command-line flag of the project, grouped, with validation.
+
+`get_args(argv)` is the only entry point: `main.py`, the scripts and the tests all call it,
+so a flag means the same thing everywhere. Boolean flags accept True/False/1/0/yes/no and
+may be given bare (`--do_train` means `--do_train True`).
+"""
+from __future__ import annotations
+
+import argparse
+
+DATASETS = ("msrvtt", "msvd", "lsmdc", "activitynet", "didemo", "vatex", "synthetic")
+TEMPME_TYPES = ("simple", "basic", "adaptive")
+CLIP_ARCHS = ("ViT-B/32", "ViT-B/16", "ViT-L/14", "tiny")
+
+# `--demo` switches to these values for every flag the user did not give explicitly:
+# the synthetic dataset and a small random-init CLIP trained end-to-end on CPU.
+DEMO_DEFAULTS = dict(
+    do_train=True,
+    do_eval=True,
+    dataset="synthetic",
+    clip_init="random",
+    clip_arch="tiny",
+    train_clip=True,
+    image_size=64,
+    max_frames=8,
+    max_words=24,
+    synthetic_num_videos=600,
+    synthetic_num_test_videos=100,
+    synthetic_num_frames=16,
+    synthetic_resolution=64,
+    tempme_input_frames=16,
+    tempme_output_frames=8,
+    tempme_max_input_frames=16,
+    tempme_min_output_frames=4,
+    tempme_max_output_frames=8,
+    tempme_hidden_dim=64,
+    epochs=8,
+    batch_size=32,
+    batch_size_val=50,
+    lr=2e-3,
+    coef_lr=1.0,
+    tempme_lr=2e-3,
+    weight_decay=0.05,
+    warmup_proportion=0.05,
+    num_workers=2,
+    run_name="demo",
+)
+
+
+def str2bool(value: str | bool) -> bool:
+    """Parse a boolean flag value; argparse's `type=bool` would turn "False" into True."""
+    if isinstance(value, bool):
+        return value
+    lowered = value.strip().lower()
+    if lowered in ("true", "1", "yes", "y", "on"):
+        return True
+    if lowered in ("false", "0", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (True/False/1/0/yes/no), got {value!r}")
+
+
+def _add_bool(group: argparse._ArgumentGroup, name: str, default: bool, help: str) -> None:
+    group.add_argument(name, type=str2bool, nargs="?", const=True, default=default, metavar="BOOL",
+                       help=f"{help} (default: {default})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="STOP text-video retrieval on a frozen CLIP, with TempMe frame compression.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+    run = parser.add_argument_group("run")
+    _add_bool(run, "--do_train", False, "train (and evaluate after every epoch)")
+    _add_bool(run, "--do_eval", False, "evaluate on the test split")
+    _add_bool(run, "--demo", False, "train and evaluate on the synthetic dataset with a small random CLIP on CPU")
+    run.add_argument("--output_dir", default="outputs", help="parent folder of run folders")
+    run.add_argument("--run_name", default=None, help="run folder name (default: dataset and time stamp)")
+    run.add_argument("--resume", default=None,
+                     help="'auto' resumes the run folder's latest checkpoint, or a checkpoint PATH")
+    run.add_argument("--init_model", default=None, help="trained checkpoint to load before train/eval")
+    run.add_argument("--seed", type=int, default=42)
+    run.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    run.add_argument("--precision", choices=("amp_bf16", "amp_fp16", "fp32"), default="amp_bf16",
+                     help="mixed precision on CUDA; CPU always runs fp32")
+    _add_bool(run, "--no_progress", False, "disable tqdm progress bars (batch jobs)")
+    run.add_argument("--log_every", type=int, default=20, help="training log interval in steps")
+    run.add_argument("--max_nonfinite_steps", type=int, default=10,
+                     help="stop after this many consecutive non-finite losses (each one skips its step)")
+    _add_bool(run, "--dsl", False, "also report dual-softmax (DSL) re-ranked metrics as a separate row")
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", choices=DATASETS, default="msrvtt")
+    data.add_argument("--data_path", default=None, help="folder holding the annotation files")
+    data.add_argument("--features_path", default=None, help="folder holding the videos")
+    data.add_argument("--max_words", type=int, default=32, help="caption length in tokens, SOT/EOT included")
+    data.add_argument("--max_frames", type=int, default=12, help="frames per video reaching CLIP without TempMe")
+    data.add_argument("--image_size", type=int, default=224, help="frame side after resize + centre crop")
+    data.add_argument("--video_backend", choices=("decord", "pyav"), default="decord")
+    data.add_argument("--num_workers", type=int, default=4, help="data loader worker processes per GPU")
+    data.add_argument("--train_frame_sampling", choices=("random", "uniform"), default="random",
+                      help="random: one random frame per segment (TSN); uniform: segment centres")
+    _add_bool(data, "--expand_msrvtt_sentences", False, "MSR-VTT: train on every caption of the train videos")
+    data.add_argument("--msrvtt_train_csv", default="MSRVTT_train.9k.csv",
+                      help="MSR-VTT train split file (MSRVTT_train.9k.csv or MSRVTT_train.7k.csv)")
+    data.add_argument("--video_max_seconds", type=float, default=None,
+                      help="read only the first N seconds of each video (DiDeMo uses 30)")
+    data.add_argument("--synthetic_dir", default=None,
+                      help="cache folder of the synthetic dataset (default: ~/.cache/stop_tempme/synthetic)")
+    data.add_argument("--synthetic_num_videos", type=int, default=600, help="synthetic train videos")
+    data.add_argument("--synthetic_num_test_videos", type=int, default=100, help="synthetic val/test videos each")
+    data.add_argument("--synthetic_num_frames", type=int, default=16, help="frames per synthetic video")
+    data.add_argument("--synthetic_resolution", type=int, default=64, help="synthetic frame side in pixels")
+    data.add_argument("--synthetic_event_fraction", type=float, default=0.5,
+                      help="share of synthetic videos carrying a brief captioned event")
+    data.add_argument("--synthetic_seed", type=int, default=0)
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--pretrained_dir", default="modules", help="folder holding OpenAI's CLIP weights")
+    model.add_argument("--pretrained_clip_name", default="ViT-B/32",
+                       help="CLIP weights file {pretrained_dir}/{name with '/' as '-'}.pt")
+    model.add_argument("--clip_weights", default=None, help="explicit CLIP weights file (overrides the two above)")
+    model.add_argument("--clip_init", choices=("pretrained", "random"), default="pretrained",
+                       help="random: random-init CLIP of --clip_arch (demo, benchmarks, tests)")
+    model.add_argument("--clip_arch", choices=CLIP_ARCHS, default="ViT-B/32", help="architecture for --clip_init random")
+    _add_bool(model, "--train_clip", False, "fine-tune CLIP itself (lr * coef_lr)")
+    model.add_argument("--prompt_mode", choices=("stop", "none"), default="stop",
+                       help="none: plain CLIP4Clip meanP (zero-shot / baselines)")
+    model.add_argument("--video_output", choices=("global_prompt0", "mean_cls"), default="global_prompt0")
+
+    stop = parser.add_argument_group("STOP prompts")
+    stop.add_argument("--prompt_generator", choices=("transformer", "linear"), default="transformer")
+    stop.add_argument("--num_global_prompts", type=int, default=4)
+    stop.add_argument("--num_local_prompts", type=int, default=4, help="local visual prompts per frame")
+    stop.add_argument("--num_text_prompts", type=int, default=8, help="deep text prompts (half prefix, half postfix)")
+    _add_bool(stop, "--text_postfix_before_eot", False,
+              "ablation: place postfix text prompts before EOT so they can influence it")
+    _add_bool(stop, "--spatial_prompt", True, "intra-frame spatial prompts")
+    _add_bool(stop, "--temporal_prompt", True, "inter-frame temporal prompts")
+    stop.add_argument("--spatial_topk", type=int, default=6, help="patches selected per frame")
+    stop.add_argument("--prompt_scale", type=float, default=0.05)
+    stop.add_argument("--spatial_dropout", type=float, default=0.5)
+    _add_bool(stop, "--adapter", True, "bottleneck adapters in every block of both towers")
+    stop.add_argument("--adapter_dim", type=int, default=32)
+    stop.add_argument("--adapter_scale", type=float, default=0.1)
+
+    tempme = parser.add_argument_group("TempMe frame compression")
+    _add_bool(tempme, "--use_tempme", False, "compress frames with TempMe before CLIP")
+    tempme.add_argument("--tempme_type", choices=TEMPME_TYPES, default="simple")
+    tempme.add_argument("--tempme_compression_ratio", type=float, default=0.75,
+                        help="simple: fraction of frames KEPT, in (0, 1]; 1.0 = no compression, lower = faster")
+    tempme.add_argument("--tempme_hidden_dim", type=int, default=256, help="compressor width")
+    tempme.add_argument("--tempme_input_frames", type=int, default=32, help="basic: frames loaded")
+    tempme.add_argument("--tempme_output_frames", type=int, default=12, help="basic: frames kept")
+    tempme.add_argument("--tempme_num_layers", type=int, default=2, help="basic: transformer layers")
+    tempme.add_argument("--tempme_max_input_frames", type=int, default=48, help="adaptive: frames loaded")
+    tempme.add_argument("--tempme_min_output_frames", type=int, default=8, help="adaptive: fewest frames kept")
+    tempme.add_argument("--tempme_max_output_frames", type=int, default=16, help="adaptive: most frames kept")
+    tempme.add_argument("--tempme_lr", type=float, default=1e-3, help="learning rate of the compressor")
+
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--epochs", type=int, default=5)
+    optim.add_argument("--batch_size", type=int, default=32, help="global training batch size")
+    optim.add_argument("--batch_size_val", type=int, default=16, help="evaluation batch size per process")
+    optim.add_argument("--lr", type=float, default=1e-3, help="learning rate of prompts and adapters")
+    optim.add_argument("--coef_lr", type=float, default=1e-3, help="CLIP's lr = lr * coef_lr (with --train_clip)")
+    optim.add_argument("--weight_decay", type=float, default=0.2, help="not applied to biases, norms, prompt tables")
+    optim.add_argument("--warmup_proportion", type=float, default=0.1, help="share of steps with linear warmup")
+    optim.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    optim.add_argument("--grad_clip", type=float, default=1.0, help="max gradient norm (0 disables)")
+    return parser
+
+
+def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    positive = ("max_words", "max_frames", "image_size", "batch_size", "batch_size_val", "epochs",
+                "gradient_accumulation_steps", "tempme_hidden_dim", "tempme_input_frames",
+                "tempme_output_frames", "tempme_num_layers", "tempme_max_input_frames",
+                "tempme_min_output_frames", "tempme_max_output_frames", "adapter_dim",
+                "num_local_prompts", "num_global_prompts", "spatial_topk", "max_nonfinite_steps",
+                "synthetic_num_videos", "synthetic_num_test_videos", "synthetic_num_frames",
+                "synthetic_resolution")
+    for name in positive:
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.num_workers < 0:
+        parser.error(f"--num_workers must be >= 0, got {args.num_workers}")
+    if args.num_text_prompts < 0 or args.num_text_prompts % 2:
+        parser.error(f"--num_text_prompts must be an even number >= 0 (half prefix, half postfix), "
+                     f"got {args.num_text_prompts}")
+    if args.max_words < 2:
+        parser.error(f"--max_words must be >= 2 (SOT and EOT), got {args.max_words}")
+    for name in ("lr", "tempme_lr"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name} must be > 0, got {getattr(args, name)}")
+    for name in ("warmup_proportion", "spatial_dropout", "synthetic_event_fraction"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            parser.error(f"--{name} must be in [0, 1], got {getattr(args, name)}")
+    if not 0.0 < args.tempme_compression_ratio <= 1.0:
+        parser.error(f"--tempme_compression_ratio is the fraction of frames kept and must be in (0, 1], "
+                     f"got {args.tempme_compression_ratio}")
+    if args.tempme_output_frames > args.tempme_input_frames:
+        parser.error(f"--tempme_output_frames ({args.tempme_output_frames}) must be <= "
+                     f"--tempme_input_frames ({args.tempme_input_frames})")
+    if args.tempme_min_output_frames > args.tempme_max_output_frames:
+        parser.error(f"--tempme_min_output_frames ({args.tempme_min_output_frames}) must be <= "
+                     f"--tempme_max_output_frames ({args.tempme_max_output_frames})")
+    if args.tempme_max_output_frames > args.tempme_max_input_frames:
+        parser.error(f"--tempme_max_output_frames ({args.tempme_max_output_frames}) must be <= "
+                     f"--tempme_max_input_frames ({args.tempme_max_input_frames})")
+    if args.dataset != "synthetic" and (args.do_train or args.do_eval):
+        for name in ("data_path", "features_path"):
+            if getattr(args, name) is None:
+                parser.error(f"--{name} is required for --dataset {args.dataset}")
+
+
+def get_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse `argv` (default: `sys.argv[1:]`) into a validated namespace."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.demo:
+        # Re-parse with demo values as defaults so explicit flags still win.
+        parser.set_defaults(**DEMO_DEFAULTS)
+        args = parser.parse_args(argv)
+    _validate(parser, args)
+    return args
+
+
+def num_input_frames(args: argparse.Namespace) -> int:
+    """Frames the data loader reads per video: what TempMe (if on) takes as input, else what CLIP sees.
+
+    The single place mapping the TempMe configuration to the number of decoded frames.
+    """
+    if not args.use_tempme or args.tempme_type == "simple":
+        return args.max_frames
+    if args.tempme_type == "basic":
+        return args.tempme_input_frames
+    return args.tempme_max_input_frames

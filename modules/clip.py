@@ -1,0 +1,302 @@
+"""CLIP (ViT image tower + causal text transformer) with OpenAI's parameter names.
+
+The architecture is inferred from tensor shapes, so ViT-B/32, ViT-B/16, ViT-L/14 and the
+small random configurations used by the demo and the tests are the same code.
+
+The residual block is the single block class of the project. STOP reuses it unchanged:
+`ResidualAttentionBlock.forward` takes an optional attention mask and an optional
+`attention_core` (a function of the projected q, k, v) so the prompted ViT can run its
+block-structured attention, and an optional `adapter` module runs parallel to the MLP.
+Tensors are batch-first: `[N, L, W]`.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections import OrderedDict
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# A function (q, k, v) -> out on heads-split tensors `[N, heads, L, head_dim]`.
+AttentionCore = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+# Constructor arguments of the CLIP sizes we know; "tiny" is a small random model for the
+# CPU demo, the tests and quick experiments (not a released checkpoint).
+CLIP_CONFIGS: dict[str, dict[str, int]] = {
+    "ViT-B/32": dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768,
+                     vision_patch_size=32, context_length=77, vocab_size=49408,
+                     transformer_width=512, transformer_heads=8, transformer_layers=12),
+    "ViT-B/16": dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768,
+                     vision_patch_size=16, context_length=77, vocab_size=49408,
+                     transformer_width=512, transformer_heads=8, transformer_layers=12),
+    "ViT-L/14": dict(embed_dim=768, image_resolution=224, vision_layers=24, vision_width=1024,
+                     vision_patch_size=14, context_length=77, vocab_size=49408,
+                     transformer_width=768, transformer_heads=12, transformer_layers=12),
+    "tiny": dict(embed_dim=128, image_resolution=64, vision_layers=4, vision_width=128,
+                 vision_patch_size=16, context_length=77, vocab_size=49408,
+                 transformer_width=128, transformer_heads=2, transformer_layers=4),
+}
+
+# Entries of OpenAI's TorchScript state dict that are not parameters.
+_NON_PARAMETER_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+class QuickGELU(nn.Module):
+    """The GELU approximation CLIP was trained with: x * sigmoid(1.702 x)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with `nn.MultiheadAttention`'s parameter names.
+
+    forward(x [N, L, W]) -> [N, L, W]. `attn_mask` is additive (float) or boolean
+    (True = may attend), broadcastable to `[N, heads, L, L]`. `attention_core`, when given,
+    replaces the scaled-dot-product step and receives q, k, v as `[N, heads, L, head_dim]`.
+    """
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        self.heads = heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
+        self.out_proj = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                attention_core: AttentionCore | None = None) -> torch.Tensor:
+        n, length, width = x.shape
+        q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
+        q, k, v = (t.view(n, length, self.heads, width // self.heads).transpose(1, 2) for t in (q, k, v))
+        if attention_core is None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        else:
+            out = attention_core(q, k, v)
+        return self.out_proj(out.transpose(1, 2).reshape(n, length, width))
+
+
+class ResidualAttentionBlock(nn.Module):
+    """Pre-norm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)) [+ adapter(x)].
+
+    `adapter` is None for plain CLIP; STOP assigns a bottleneck module (which applies its own
+    scale) that runs in parallel to the MLP on the block's residual stream.
+    """
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        hidden = int(width * mlp_ratio)
+        self.attn = Attention(width, heads)
+        self.ln_1 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(OrderedDict([
+            ("c_fc", nn.Linear(width, hidden)),
+            ("gelu", QuickGELU()),
+            ("c_proj", nn.Linear(hidden, width)),
+        ]))
+        self.ln_2 = nn.LayerNorm(width)
+        self.adapter: nn.Module | None = None
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                attention_core: AttentionCore | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), attn_mask=attn_mask, attention_core=attention_core)
+        out = x + self.mlp(self.ln_2(x))
+        if self.adapter is not None:
+            out = out + self.adapter(x)
+        return out
+
+
+class Transformer(nn.Module):
+    """A stack of residual blocks; `resblocks` is public so prompted variants can loop over it."""
+
+    def __init__(self, width: int, layers: int, heads: int) -> None:
+        super().__init__()
+        self.width = width
+        self.layers = layers
+        self.heads = heads
+        self.resblocks = nn.ModuleList([ResidualAttentionBlock(width, heads) for _ in range(layers)])
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        for block in self.resblocks:
+            x = block(x, attn_mask=attn_mask)
+        return x
+
+
+class VisionTransformer(nn.Module):
+    """CLIP's ViT. images [N, 3, H, W] (normalised) -> embeddings [N, output_dim]."""
+
+    def __init__(self, input_resolution: int, patch_size: int, width: int, layers: int, heads: int,
+                 output_dim: int) -> None:
+        super().__init__()
+        self.input_resolution = input_resolution
+        self.patch_size = patch_size
+        self.grid_size = input_resolution // patch_size
+        self.width = width
+        self.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
+        self.class_embedding = nn.Parameter(torch.zeros(width))
+        self.positional_embedding = nn.Parameter(torch.zeros(self.grid_size ** 2 + 1, width))
+        self.ln_pre = nn.LayerNorm(width)
+        self.transformer = Transformer(width, layers, heads)
+        self.ln_post = nn.LayerNorm(width)
+        self.proj = nn.Parameter(torch.empty(width, output_dim))
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size ** 2
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """images [N, 3, H, W] -> tokens [N, 1 + P, W]: CLS + patches, positions added, `ln_pre` applied."""
+        if images.shape[-1] != self.input_resolution or images.shape[-2] != self.input_resolution:
+            raise ValueError(f"CLIP expects {self.input_resolution}x{self.input_resolution} images, got "
+                             f"{tuple(images.shape[-2:])}; set --image_size {self.input_resolution}")
+        patches = self.conv1(images).flatten(2).transpose(1, 2)
+        cls = self.class_embedding.to(patches.dtype).expand(patches.shape[0], 1, -1)
+        tokens = torch.cat([cls, patches], dim=1) + self.positional_embedding.to(patches.dtype)
+        return self.ln_pre(tokens)
+
+    def head(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Pooled tokens [..., W] -> projected embeddings [..., output_dim]."""
+        return self.ln_post(tokens) @ self.proj
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.transformer(self.embed(images))[:, 0])
+
+
+class CLIP(nn.Module):
+    """CLIP with OpenAI's parameter names (a state dict of theirs loads strictly)."""
+
+    def __init__(self, embed_dim: int, image_resolution: int, vision_layers: int, vision_width: int,
+                 vision_patch_size: int, context_length: int, vocab_size: int, transformer_width: int,
+                 transformer_heads: int, transformer_layers: int) -> None:
+        super().__init__()
+        self.context_length = context_length
+        self.visual = VisionTransformer(image_resolution, vision_patch_size, vision_width, vision_layers,
+                                        heads=vision_width // 64, output_dim=embed_dim)
+        self.transformer = Transformer(transformer_width, transformer_layers, transformer_heads)
+        self.token_embedding = nn.Embedding(vocab_size, transformer_width)
+        self.positional_embedding = nn.Parameter(torch.empty(context_length, transformer_width))
+        self.ln_final = nn.LayerNorm(transformer_width)
+        self.text_projection = nn.Parameter(torch.empty(transformer_width, embed_dim))
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self._init_parameters()
+
+    def _init_parameters(self) -> None:
+        """Random initialisation with the scales of OpenAI's CLIP (used when no weights are loaded)."""
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.positional_embedding, std=0.01)
+        for tower in (self.visual.transformer, self.transformer):
+            width = tower.width
+            proj_std = width ** -0.5 * (2 * tower.layers) ** -0.5
+            for block in tower.resblocks:
+                nn.init.normal_(block.attn.in_proj_weight, std=width ** -0.5)
+                nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+                nn.init.zeros_(block.attn.out_proj.bias)
+                nn.init.normal_(block.mlp.c_fc.weight, std=(2 * width) ** -0.5)
+                nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+        visual = self.visual
+        nn.init.normal_(visual.class_embedding, std=visual.width ** -0.5)
+        nn.init.normal_(visual.positional_embedding, std=visual.width ** -0.5)
+        nn.init.normal_(visual.proj, std=visual.width ** -0.5)
+        nn.init.normal_(self.text_projection, std=self.transformer.width ** -0.5)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.visual.conv1.weight.dtype
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """images [N, 3, H, W] normalised float -> [N, D] (projected, not L2-normalised)."""
+        return self.visual(images.to(self.dtype))
+
+    def causal_mask(self, length: int, device: torch.device) -> torch.Tensor:
+        """Boolean [length, length], True where a token may attend (itself and earlier tokens)."""
+        return torch.ones(length, length, dtype=torch.bool, device=device).tril()
+
+    def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids [N, L] long (L <= context length, EOT = largest id) -> [N, D] (not L2-normalised)."""
+        length = input_ids.shape[1]
+        if length > self.context_length:
+            raise ValueError(f"text length {length} exceeds CLIP's context length {self.context_length}")
+        x = self.token_embedding(input_ids) + self.positional_embedding[:length]
+        x = self.ln_final(self.transformer(x, attn_mask=self.causal_mask(length, x.device)))
+        eot = x[torch.arange(x.shape[0], device=x.device), input_ids.argmax(dim=-1)]
+        return eot @ self.text_projection
+
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encode_image(images), self.encode_text(input_ids)
+
+
+def _count_blocks(state_dict: dict[str, torch.Tensor], prefix: str) -> int:
+    return sum(1 for key in state_dict if key.startswith(prefix) and key.endswith(".attn.in_proj_weight"))
+
+
+def clip_config_from_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Infer CLIP's constructor arguments from tensor shapes (as OpenAI's `build_model` does)."""
+    if "visual.conv1.weight" not in state_dict:
+        raise ValueError("not a ViT CLIP state dict (no 'visual.conv1.weight'); ResNet CLIPs are not supported")
+    vision_width = state_dict["visual.conv1.weight"].shape[0]
+    patch_size = state_dict["visual.conv1.weight"].shape[-1]
+    grid = round((state_dict["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+    text_width = state_dict["ln_final.weight"].shape[0]
+    return dict(
+        embed_dim=state_dict["text_projection"].shape[1],
+        image_resolution=patch_size * grid,
+        vision_layers=_count_blocks(state_dict, "visual.transformer.resblocks."),
+        vision_width=vision_width,
+        vision_patch_size=patch_size,
+        context_length=state_dict["positional_embedding"].shape[0],
+        vocab_size=state_dict["token_embedding.weight"].shape[0],
+        transformer_width=text_width,
+        transformer_heads=text_width // 64,
+        transformer_layers=_count_blocks(state_dict, "transformer.resblocks."),
+    )
+
+
+def build_clip(state_dict: dict[str, torch.Tensor]) -> CLIP:
+    """A float32 CLIP in eval mode holding `state_dict` (architecture inferred from it, loaded strictly)."""
+    state_dict = {k: v for k, v in state_dict.items() if k not in _NON_PARAMETER_KEYS}
+    model = CLIP(**clip_config_from_state_dict(state_dict))
+    model.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=True)
+    return model.float().eval()
+
+
+def load_clip_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read CLIP weights: OpenAI's TorchScript archive, a plain state dict, or a dict holding one.
+
+    Returns float32 tensors with OpenAI's names (`module.` prefixes stripped, TorchScript
+    bookkeeping entries such as `input_resolution` removed).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"CLIP weights not found at '{path}'. Put OpenAI's checkpoint there (for ViT-B/32 the file "
+            f"is ViT-B-32.pt, as distributed by OpenAI's CLIP repository), or point --clip_weights / "
+            f"--pretrained_dir at it.")
+    try:
+        state_dict = torch.jit.load(path, map_location="cpu").state_dict()
+    except RuntimeError:
+        # Not a TorchScript archive: a file written by torch.save.
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        for key in ("state_dict", "model"):
+            if isinstance(state_dict, dict) and isinstance(state_dict.get(key), dict):
+                state_dict = state_dict[key]
+    if not isinstance(state_dict, dict):
+        raise ValueError(f"'{path}' holds no CLIP state dict (found {type(state_dict).__name__})")
+    return {k.removeprefix("module."): v.float() for k, v in state_dict.items()
+            if k.removeprefix("module.") not in _NON_PARAMETER_KEYS}
+
+
+def load_clip(path: str | os.PathLike, device: str | torch.device = "cpu") -> CLIP:
+    """Load CLIP weights from `path` (see `load_clip_state_dict`) into a float32 eval-mode model."""
+    return build_clip(load_clip_state_dict(path)).to(device)
+
+
+def random_clip_state_dict(arch: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """State dict of a randomly initialised CLIP of a known size (demo, tests, benchmarks)."""
+    if arch not in CLIP_CONFIGS:
+        raise ValueError(f"unknown CLIP architecture '{arch}'; choose one of {sorted(CLIP_CONFIGS)}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return CLIP(**CLIP_CONFIGS[arch]).state_dict()

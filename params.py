@@ -194,18 +194,8 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
     for name in ("warmup_proportion", "spatial_dropout", "synthetic_event_fraction"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             parser.error(f"--{name} must be in [0, 1], got {getattr(args, name)}")
-    if not 0.0 < args.tempme_compression_ratio <= 1.0:
-        parser.error(f"--tempme_compression_ratio is the fraction of frames kept and must be in (0, 1], "
-                     f"got {args.tempme_compression_ratio}")
-    if args.tempme_output_frames > args.tempme_input_frames:
-        parser.error(f"--tempme_output_frames ({args.tempme_output_frames}) must be <= "
-                     f"--tempme_input_frames ({args.tempme_input_frames})")
-    if args.tempme_min_output_frames > args.tempme_max_output_frames:
-        parser.error(f"--tempme_min_output_frames ({args.tempme_min_output_frames}) must be <= "
-                     f"--tempme_max_output_frames ({args.tempme_max_output_frames})")
-    if args.tempme_max_output_frames > args.tempme_max_input_frames:
-        parser.error(f"--tempme_max_output_frames ({args.tempme_max_output_frames}) must be <= "
-                     f"--tempme_max_input_frames ({args.tempme_max_input_frames})")
+    # TempMe value ranges (ratio, output <= input, min <= max) are checked by
+    # modules.tempme.get_tempme_model, the one place that turns them into a compressor.
     if args.dataset != "synthetic" and (args.do_train or args.do_eval):
         for name in ("data_path", "features_path"):
             if getattr(args, name) is None:

@@ -1,0 +1,34 @@
+"""LSMDC (LSMDC16 challenge files): ~101k train clips, 1,000 test clips, one sentence per clip."""
+from __future__ import annotations
+
+import csv
+
+from .base import Annotations, require_file
+
+FILES = {"train": "LSMDC16_annos_training.csv", "val": "LSMDC16_annos_val.csv",
+         "test": "LSMDC16_challenge_1000_publictect.csv"}  # "publictect" is the real file name
+LAYOUT = """\
+  LSMDC16_annos_training.csv              tab-separated, no header: clip id, start/end aligned,
+  LSMDC16_annos_val.csv                   start/end extracted, sentence
+  LSMDC16_challenge_1000_publictect.csv   (test; the misspelling is the official name)
+--features_path: <movie>/<clip id>.avi, searched recursively (ids contain dots)"""
+
+
+def parse(data_path: str, split: str, *, dataset: str = "lsmdc") -> Annotations:
+    path = require_file(dataset, data_path, FILES[split], LAYOUT)
+    video_ids: list[str] = []
+    position: dict[str, int] = {}
+    captions, text_to_video = [], []
+    with open(path, newline="") as f:
+        for line_number, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
+            if not row:
+                continue
+            if len(row) != 6:
+                raise ValueError(f"{path}:{line_number}: expected 6 tab-separated fields, got {len(row)}")
+            clip_id, sentence = row[0].strip(), row[5].strip()
+            if clip_id not in position:
+                position[clip_id] = len(video_ids)
+                video_ids.append(clip_id)
+            captions.append(sentence)
+            text_to_video.append(position[clip_id])
+    return Annotations(video_ids, captions, text_to_video)

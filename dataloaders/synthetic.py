@@ -1,0 +1,227 @@
+"""Synthetic retrieval dataset: coloured shapes moving on textured backgrounds, in the MSR-VTT layout.
+
+Generated deterministically from the seed on first use into `<root>/<hash of the parameters>`
+(root: `--synthetic_dir`, default ~/.cache/stop_tempme/synthetic), then read through the real
+MSR-VTT parser and video reader. Layout of the generated folder:
+
+    MSRVTT_train.9k.csv, MSRVTT_data.json (2 captions per video), MSRVTT_JSFUSION_val.csv,
+    MSRVTT_JSFUSION_test.csv, videos/video<N>.mp4 (H.264, 8 fps),
+    attributes.json (per video: colour, shape, motion, background, event, event_frames)
+
+A caption names colour, shape, motion and background; a share of the videos
+(`--synthetic_event_fraction`) also carry a 2-3 frame event that the caption names. Event videos
+come in pairs sharing every other attribute (event vs no event, or two different events), so
+the event alone tells them apart: that is what makes frame selection matter. Within a split
+every caption is unique. Concurrent processes (torchrun ranks) each build in a private temporary
+folder and `os.rename` it into place; a process that loses the race reuses the winner's folder.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import os
+import shutil
+import tempfile
+
+import numpy as np
+
+logger = logging.getLogger("dataloaders")
+
+GENERATOR_VERSION = 1  # bump when the output changes, so caches are rebuilt
+COLOURS = {"red": (225, 35, 35), "green": (35, 175, 55), "blue": (40, 80, 235),
+           "yellow": (245, 225, 35), "purple": (150, 55, 205), "orange": (250, 140, 25)}
+SHAPES = ("circle", "square", "triangle", "cross")
+MOTIONS = ("horizontally", "vertically", "diagonally", "in a circle")
+BACKGROUNDS = ("striped", "checkered", "dotted", "plain")
+EVENTS = ("a white flash", "a blackout", "a star")
+FPS = 8
+TEMPLATES = ("a {colour} {shape} moving {motion} on a {background} background{event}",
+             "a {background} background with a {colour} {shape} moving {motion}{event}")
+EVENT_SUFFIX = (" with {event}", " and {event}")
+
+
+def default_root() -> str:
+    return os.path.join(os.path.expanduser("~"), ".cache", "stop_tempme", "synthetic")
+
+
+def ensure_dataset(*, root: str | None, num_videos: int, num_test_videos: int, num_frames: int,
+                   resolution: int, event_fraction: float, seed: int) -> str:
+    """Folder of the dataset for these parameters, generating it first if needed."""
+    if resolution % 2 or resolution < 16:
+        raise ValueError(f"--synthetic_resolution must be even and >= 16 (H.264), got {resolution}")
+    if num_frames < 4:
+        raise ValueError(f"--synthetic_num_frames must be >= 4, got {num_frames}")
+    params = dict(version=GENERATOR_VERSION, num_videos=num_videos, num_test_videos=num_test_videos,
+                  num_frames=num_frames, resolution=resolution, event_fraction=event_fraction, seed=seed)
+    digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+    root = root or default_root()
+    final = os.path.join(root, digest)
+    if os.path.isdir(final):
+        return final
+    os.makedirs(root, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{digest}-", dir=root)
+    try:
+        logger.info("generating the synthetic dataset into %s", final)
+        _generate(tmp, params)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not os.path.isdir(final):
+                raise
+            # Another process finished first: its folder is identical, use it.
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def plan_split(num: int, event_fraction: float, rng: np.random.Generator) -> list[tuple[int, ...]]:
+    """Attribute tuples (colour, shape, motion, background, event or -1) of `num` distinct videos."""
+    bases = list(itertools.product(range(len(COLOURS)), range(len(SHAPES)), range(len(MOTIONS)),
+                                   range(len(BACKGROUNDS))))
+    bases = [bases[i] for i in rng.permutation(len(bases))]
+    with_event = round(num * event_fraction)
+    pairs = min(with_event, num - with_event)  # same base: event vs no event
+    lone_events = with_event - pairs  # paired with each other: two different events
+    plain = num - with_event - pairs
+    needed = pairs + (lone_events + 1) // 2 + plain
+    if needed > len(bases):
+        raise ValueError(f"cannot make {num} distinct synthetic captions with event fraction "
+                         f"{event_fraction}: at most {len(bases)} attribute combinations without events; "
+                         f"lower --synthetic_num_videos or raise --synthetic_event_fraction")
+    base = iter(bases)
+    plan: list[tuple[int, ...]] = []
+    for _ in range(pairs):
+        b = next(base)
+        plan += [(*b, int(rng.integers(len(EVENTS)))), (*b, -1)]
+    for i in range(0, lone_events, 2):
+        b, events = next(base), rng.permutation(len(EVENTS))
+        plan += [(*b, int(events[0]))] + ([(*b, int(events[1]))] if i + 1 < lone_events else [])
+    plan += [(*next(base), -1) for _ in range(plain)]
+    return [plan[i] for i in rng.permutation(len(plan))]
+
+
+def caption(attributes: tuple[int, ...], template: int = 0) -> str:
+    colour, shape, motion, background, event = attributes
+    suffix = EVENT_SUFFIX[template].format(event=EVENTS[event]) if event >= 0 else ""
+    return TEMPLATES[template].format(colour=list(COLOURS)[colour], shape=SHAPES[shape],
+                                      motion=MOTIONS[motion], background=BACKGROUNDS[background],
+                                      event=suffix)
+
+
+def _shape_mask(shape: str, size: int) -> np.ndarray:
+    y, x = (np.mgrid[0:size, 0:size] + 0.5) / size * 2 - 1  # [-1, 1]
+    if shape == "circle":
+        return x ** 2 + y ** 2 <= 1
+    if shape == "square":
+        return (abs(x) <= 0.85) & (abs(y) <= 0.85)
+    if shape == "triangle":
+        return (y <= 0.9) & (y >= 2 * abs(x) - 1)
+    return (abs(x) <= 0.3) | (abs(y) <= 0.3)  # cross
+
+
+def _star_mask(res: int) -> np.ndarray:
+    y, x = (np.mgrid[0:res, 0:res] + 0.5) / res * 2 - 1
+    radius, angle = np.hypot(x, y), np.arctan2(y, x)
+    return radius <= 0.55 * (0.55 + 0.45 * np.cos(5 * angle))
+
+
+def _background(kind: str, res: int, rng: np.random.Generator) -> np.ndarray:
+    tone = rng.integers(95, 140) + rng.integers(-12, 13, size=3)
+    y, x = np.mgrid[0:res, 0:res]
+    cell = max(2, res // 8)
+    if kind == "striped":
+        pattern = ((x if rng.random() < 0.5 else y) // cell) % 2
+    elif kind == "checkered":
+        pattern = (x // cell + y // cell) % 2
+    elif kind == "dotted":
+        pattern = (np.hypot(x % cell - cell / 2, y % cell - cell / 2) < cell / 3).astype(int)
+    else:
+        pattern = np.zeros((res, res), dtype=int)
+    image = tone[None, None, :] + 45 * pattern[..., None] - 20
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def render(attributes: tuple[int, ...], num_frames: int, res: int,
+           rng: np.random.Generator) -> tuple[np.ndarray, list[int]]:
+    """uint8 frames `[F, res, res, 3]` of one video and the indices of its event frames."""
+    colour, shape, motion, background, event = attributes
+    frames = np.repeat(_background(BACKGROUNDS[background], res, rng)[None], num_frames, axis=0)
+    size = int(res * 0.4) // 2 * 2
+    mask = _shape_mask(SHAPES[shape], size)
+    amplitude = res / 2 - size / 2 - 1
+    phase = rng.uniform(0, 2 * np.pi)
+    for t in range(num_frames):
+        theta = phase + 2 * np.pi * t / num_frames
+        dx, dy = {"horizontally": (np.sin(theta), 0.0), "vertically": (0.0, np.sin(theta)),
+                  "diagonally": (np.sin(theta), np.sin(theta)),
+                  "in a circle": (np.cos(theta), np.sin(theta))}[MOTIONS[motion]]
+        left = int(round(res / 2 + amplitude * dx - size / 2))
+        top = int(round(res / 2 + amplitude * dy - size / 2))
+        frames[t, top:top + size, left:left + size][mask] = COLOURS[list(COLOURS)[colour]]
+    event_frames: list[int] = []
+    if event >= 0:
+        length = 2 if num_frames < 24 else int(rng.integers(2, 4))
+        start = int(rng.integers(0, num_frames - length + 1))
+        event_frames = list(range(start, start + length))
+        kind = EVENTS[event]
+        for t in event_frames:
+            if kind == "a white flash":
+                frames[t] = (frames[t] * 0.15 + 255 * 0.85).astype(np.uint8)
+            elif kind == "a blackout":
+                frames[t] = (frames[t] * 0.1).astype(np.uint8)
+            else:
+                frames[t][_star_mask(res)] = (255, 255, 255)
+    return frames, event_frames
+
+
+def write_mp4(path: str, frames: np.ndarray, fps: int = FPS) -> None:
+    """Encode uint8 `[F, H, W, 3]` (H, W even) as H.264 mp4 with PyAV."""
+    import av
+
+    with av.open(path, "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "17", "preset": "ultrafast"}
+        stream.thread_count = 1
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def _generate(folder: str, params: dict) -> None:
+    os.makedirs(os.path.join(folder, "videos"))
+    sizes = {"train": params["num_videos"], "validate": params["num_test_videos"],
+             "test": params["num_test_videos"]}
+    videos, sentences, attributes_json, ids_of = [], [], {}, {}
+    next_id = 0
+    for split_number, (split, size) in enumerate(sizes.items()):
+        rng = np.random.default_rng([params["seed"], split_number])
+        ids_of[split] = []
+        for attributes in plan_split(size, params["event_fraction"], rng):
+            video_id = f"video{next_id}"
+            next_id += 1
+            frames, event_frames = render(attributes, params["num_frames"], params["resolution"], rng)
+            write_mp4(os.path.join(folder, "videos", f"{video_id}.mp4"), frames)
+            ids_of[split].append((video_id, caption(attributes)))
+            videos.append({"id": len(videos), "video_id": video_id, "split": split})
+            sentences += [{"sen_id": len(sentences) + k, "video_id": video_id, "caption": caption(attributes, k)}
+                          for k in range(len(TEMPLATES))]
+            colour, shape, motion, background, event = attributes
+            attributes_json[video_id] = {
+                "split": split, "colour": list(COLOURS)[colour], "shape": SHAPES[shape],
+                "motion": MOTIONS[motion], "background": BACKGROUNDS[background],
+                "event": EVENTS[event] if event >= 0 else None, "event_frames": event_frames}
+    with open(os.path.join(folder, "MSRVTT_train.9k.csv"), "w") as f:
+        f.write("video_id\n" + "".join(f"{v}\n" for v, _ in ids_of["train"]))
+    for split, name in (("validate", "MSRVTT_JSFUSION_val.csv"), ("test", "MSRVTT_JSFUSION_test.csv")):
+        with open(os.path.join(folder, name), "w") as f:
+            f.write("key,vid_key,video_id,sentence\n")
+            f.writelines(f"ret{i},msr{v[5:]},{v},{c}\n" for i, (v, c) in enumerate(ids_of[split]))
+    with open(os.path.join(folder, "MSRVTT_data.json"), "w") as f:
+        json.dump({"info": {"generator": "stop_tempme synthetic", **params}, "videos": videos,
+                   "sentences": sentences}, f)
+    with open(os.path.join(folder, "attributes.json"), "w") as f:
+        json.dump(attributes_json, f, indent=1)

@@ -1,0 +1,174 @@
+"""Decoding the sampled frames of one video file, plus CLIP normalisation for the device side.
+
+`VideoReader.read(path, train=...)` returns uint8 frames `[T, 3, S, S]` and a mask `[T]`
+(1 = real frame). Only the sampled frames are converted to RGB; the resize (short side to S,
+bicubic, antialiased) and the centre crop run on uint8. Normalisation is left to the model
+(`normalize_video`, on the accelerator): uint8 is 4x less host work and host-to-device transfer.
+
+Decoder objects are created per call, inside whichever process reads (a DataLoader worker):
+decord's reader must never be created in the parent before the workers fork (it deadlocks),
+so `decord` is also imported lazily.
+"""
+from __future__ import annotations
+
+import os
+import random
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+BACKENDS = ("decord", "pyav")
+
+
+class VideoReadError(RuntimeError):
+    """A video file exists but cannot be used; `reason` is a short human-readable cause."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+def normalize_video(video: torch.Tensor) -> torch.Tensor:
+    """CLIP-normalise frames `[..., 3, H, W]` holding pixel values on the 0..255 scale.
+
+    uint8 input (as the loader returns it) gives float32; a floating input (e.g. `video.half()`
+    of the loader's output, still 0..255) keeps its dtype. Runs on the tensor's own device.
+    """
+    dtype = video.dtype if video.is_floating_point() else torch.float32
+    mean = torch.tensor(CLIP_MEAN, device=video.device, dtype=dtype).view(3, 1, 1) * 255.0
+    std = torch.tensor(CLIP_STD, device=video.device, dtype=dtype).view(3, 1, 1) * 255.0
+    return (video.to(dtype) - mean) / std
+
+
+def sample_frame_indices(num_video_frames: int, num_samples: int, random_offsets: bool,
+                         rng: random.Random | None = None) -> list[int]:
+    """Frame indices to decode: one per equal segment, or every frame of a short video.
+
+    With `num_video_frames > num_samples` the video is split into `num_samples` segments
+    `[i*n//T, (i+1)*n//T)`; `random_offsets` picks a random frame in each (TSN, training),
+    otherwise the segment centre (deterministic, evaluation). A video with at most
+    `num_samples` frames gives all of them (the caller masks the rest).
+    """
+    n, t = num_video_frames, num_samples
+    if n <= t:
+        return list(range(n))
+    rng = rng or random
+    indices = []
+    for i in range(t):
+        start, end = i * n // t, (i + 1) * n // t
+        indices.append(rng.randrange(start, end) if random_offsets else (start + end - 1) // 2)
+    return indices
+
+
+def resize_center_crop(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 `[T, 3, H, W]` -> uint8 `[T, 3, size, size]`: short side to `size` (bicubic, antialiased), centre crop."""
+    height, width = frames.shape[-2:]
+    if min(height, width) != size:
+        scale = size / min(height, width)
+        new_size = (max(size, round(height * scale)), max(size, round(width * scale)))
+        frames = F.interpolate(frames.float(), size=new_size, mode="bicubic", antialias=True, align_corners=False)
+        frames = frames.round_().clamp_(0, 255).to(torch.uint8)
+        height, width = new_size
+    top, left = (height - size) // 2, (width - size) // 2
+    return frames[..., top:top + size, left:left + size]
+
+
+class VideoReader:
+    """Reads `num_frames` sampled frames of a video file as uint8 `[T, 3, S, S]` + mask `[T]`.
+
+    Args:
+        backend: "decord" (random access with `get_batch`; a file decord fails on is retried
+            with PyAV) or "pyav" (sequential decode up to the last sampled frame; converts only
+            the sampled frames).
+        num_frames: T, frames per video (`params.num_input_frames(args)`).
+        image_size: S, output side after resize + centre crop.
+        max_seconds: read only the first N seconds of each video (None: all of it).
+    """
+
+    def __init__(self, *, backend: str = "decord", num_frames: int, image_size: int,
+                 max_seconds: float | None = None):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown video backend {backend!r}; choose one of {BACKENDS}")
+        self.backend = backend
+        self.num_frames = num_frames
+        self.image_size = image_size
+        self.max_seconds = max_seconds
+
+    def read(self, path: str, *, train: bool,
+             rng: random.Random | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode `path`; `train` picks TSN random offsets, else segment centres.
+
+        Returns `video` uint8 `[T, 3, S, S]` (zeros after the last real frame) and `mask` long `[T]`.
+        Raises `VideoReadError` for empty, undecodable or frameless files.
+        """
+        if os.path.getsize(path) == 0:
+            raise VideoReadError(path, "empty file (0 bytes)")
+        try:
+            decode = self._read_decord if self.backend == "decord" else self._read_pyav
+            frames = decode(path, train, rng)
+        except VideoReadError:
+            raise
+        except Exception as exc:  # decoders raise many types (DECORDError, av.FFmpegError, ...)
+            reason = f"{type(exc).__name__}: {str(exc).strip()[-300:]}"
+            if self.backend != "decord":
+                raise VideoReadError(path, f"cannot decode ({reason})") from exc
+            # decord rejects some valid files (e.g. certain small frame sizes): PyAV gets a second try.
+            try:
+                frames = self._read_pyav(path, train, rng)
+            except Exception as second:
+                raise VideoReadError(path, f"cannot decode (decord {reason}; pyav {type(second).__name__}: "
+                                           f"{str(second).strip()[-300:]})") from second
+        frames = resize_center_crop(torch.from_numpy(frames).permute(0, 3, 1, 2), self.image_size)
+        n = frames.shape[0]
+        video = torch.zeros(self.num_frames, 3, self.image_size, self.image_size, dtype=torch.uint8)
+        video[:n] = frames
+        mask = torch.zeros(self.num_frames, dtype=torch.long)
+        mask[:n] = 1
+        return video, mask
+
+    def _usable_frames(self, path: str, total: int, fps: float) -> int:
+        if total <= 0:
+            raise VideoReadError(path, "no video frames")
+        if self.max_seconds is not None and fps > 0:
+            total = min(total, max(1, int(self.max_seconds * fps)))
+        return total
+
+    def _read_decord(self, path: str, train: bool, rng: random.Random | None) -> np.ndarray:
+        import decord  # lazy: see the module docstring
+
+        reader = decord.VideoReader(path, num_threads=1)
+        total = self._usable_frames(path, len(reader), reader.get_avg_fps())
+        indices = sample_frame_indices(total, self.num_frames, train, rng)
+        return reader.get_batch(indices).asnumpy()  # [t, H, W, 3]
+
+    def _read_pyav(self, path: str, train: bool, rng: random.Random | None) -> np.ndarray:
+        import av
+
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate or stream.guessed_rate or 0)
+            total = stream.frames
+            if total <= 0 and fps > 0:  # some containers (webm) omit the count: estimate it
+                seconds = (float(stream.duration * stream.time_base) if stream.duration
+                           else (container.duration or 0) / av.time_base)
+                total = int(seconds * fps)
+            total = self._usable_frames(path, total, fps)
+            indices = sample_frame_indices(total, self.num_frames, train, rng)
+            wanted = set(indices)
+            decoded: dict[int, np.ndarray] = {}
+            for i, frame in enumerate(container.decode(stream)):
+                if i in wanted:
+                    decoded[i] = frame.to_ndarray(format="rgb24")
+                if i >= indices[-1]:
+                    break
+        if not decoded:
+            raise VideoReadError(path, "no decodable frames")
+        # A container that over-reports its length: repeat the last decoded frame.
+        frames, previous = [], decoded[min(decoded)]
+        for index in indices:
+            previous = decoded.get(index, previous)
+            frames.append(previous)
+        return np.stack(frames)

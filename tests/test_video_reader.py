@@ -1,0 +1,135 @@
+"""Frame sampling, decoding with both backends, resize/crop, masks, failures, normalisation."""
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from dataloaders.synthetic import write_mp4
+from dataloaders.video_reader import (CLIP_MEAN, CLIP_STD, VideoReader, VideoReadError, normalize_video,
+                                      sample_frame_indices)
+
+BACKENDS = ("decord", "pyav")
+
+
+def frame_level(k: int) -> int:
+    return 10 + 5 * k
+
+
+def make_indexed_video(path, num_frames: int, height: int = 48, width: int = 64) -> str:
+    """Frame k: left half a flat grey of level 10 + 5k (identifies k after decoding), right half texture."""
+    rng = np.random.default_rng(0)
+    texture = rng.integers(0, 256, size=(height, width // 2, 3), dtype=np.uint8)
+    frames = np.zeros((num_frames, height, width, 3), dtype=np.uint8)
+    for k in range(num_frames):
+        frames[k, :, : width // 2] = frame_level(k)
+        frames[k, :, width // 2:] = texture
+    write_mp4(str(path), frames)
+    return str(path)
+
+
+def decoded_indices(video: torch.Tensor, mask: torch.Tensor) -> list[int]:
+    """Frame numbers of read frames: from the flat left region (32 px crop of a 48x64 video)."""
+    levels = video[mask.bool(), :, 8:24, 1:10].float().mean(dim=(1, 2, 3))
+    return [int(round((v - 10) / 5)) for v in levels.tolist()]
+
+
+@pytest.fixture(scope="module")
+def video40(tmp_path_factory):
+    return make_indexed_video(tmp_path_factory.mktemp("v") / "v40.mp4", 40)
+
+
+def test_eval_sampling_is_segment_centres():
+    assert sample_frame_indices(10, 3, random_offsets=False) == [1, 4, 7]
+    assert sample_frame_indices(16, 8, random_offsets=False) == [0, 2, 4, 6, 8, 10, 12, 14]
+    assert sample_frame_indices(5, 8, random_offsets=False) == [0, 1, 2, 3, 4]
+
+
+def test_train_sampling_random_within_segments():
+    rng = random.Random(0)
+    draws = [sample_frame_indices(100, 8, random_offsets=True, rng=rng) for _ in range(200)]
+    for draw in draws:
+        for i, index in enumerate(draw):
+            assert i * 100 // 8 <= index < (i + 1) * 100 // 8
+    assert len({tuple(d) for d in draws}) > 150  # actually random
+    assert {d[0] for d in draws} == set(range(0, 12))  # covers the whole first segment
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_read_shapes_and_frames(video40, backend):
+    reader = VideoReader(backend=backend, num_frames=8, image_size=32)
+    video, mask = reader.read(video40, train=False)
+    assert video.shape == (8, 3, 32, 32) and video.dtype == torch.uint8
+    assert mask.dtype == torch.long and mask.tolist() == [1] * 8
+    assert decoded_indices(video, mask) == sample_frame_indices(40, 8, random_offsets=False)
+    again, _ = reader.read(video40, train=False)
+    assert torch.equal(video, again)  # deterministic evaluation
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_train_read_within_segments(video40, backend):
+    reader = VideoReader(backend=backend, num_frames=4, image_size=32)
+    seen = set()
+    for seed in range(6):
+        video, mask = reader.read(video40, train=True, rng=random.Random(seed))
+        indices = decoded_indices(video, mask)
+        for i, index in enumerate(indices):
+            assert i * 10 <= index < (i + 1) * 10
+        seen.add(tuple(indices))
+    assert len(seen) > 1
+
+
+def test_backends_give_same_frames(video40):
+    a, _ = VideoReader(backend="decord", num_frames=12, image_size=32).read(video40, train=False)
+    b, _ = VideoReader(backend="pyav", num_frames=12, image_size=32).read(video40, train=False)
+    diff = (a.float() - b.float()).abs()
+    assert diff.mean() < 2.0 and diff.max() <= 40  # colour-conversion rounding only
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_short_video_is_padded_and_masked(tmp_path, backend):
+    path = make_indexed_video(tmp_path / "short.mp4", 5)
+    video, mask = VideoReader(backend=backend, num_frames=8, image_size=32).read(path, train=True)
+    assert mask.tolist() == [1] * 5 + [0] * 3
+    assert decoded_indices(video, mask) == [0, 1, 2, 3, 4]
+    assert video[5:].eq(0).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_max_seconds_limits_to_the_start(video40, backend):
+    reader = VideoReader(backend=backend, num_frames=4, image_size=32, max_seconds=2.0)  # 8 fps -> 16 frames
+    video, mask = reader.read(video40, train=False)
+    assert decoded_indices(video, mask) == sample_frame_indices(16, 4, random_offsets=False)
+
+
+def test_resize_keeps_aspect_and_centre_crops(tmp_path):
+    frames = np.zeros((4, 32, 64, 3), dtype=np.uint8)
+    frames[:, :, 16:48] = 200  # a centred bright square, dark sides
+    write_mp4(str(tmp_path / "wide.mp4"), frames)
+    video, _ = VideoReader(num_frames=4, image_size=16).read(str(tmp_path / "wide.mp4"), train=False)
+    assert video.shape == (4, 3, 16, 16)
+    assert video[:, :, :, 2:14].float().mean() > 180  # the crop is the centre, not a squashed frame
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_corrupt_and_empty_files_raise(tmp_path, backend, video40):
+    reader = VideoReader(backend=backend, num_frames=4, image_size=32)
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    with pytest.raises(VideoReadError, match="empty"):
+        reader.read(str(empty), train=False)
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"not a video at all" * 100)
+    with pytest.raises(VideoReadError, match="cannot decode"):
+        reader.read(str(corrupt), train=False)
+
+
+def test_normalize_video_matches_clip_formula():
+    video = torch.randint(0, 256, (2, 3, 3, 4, 4), dtype=torch.uint8)
+    out = normalize_video(video)
+    expected = (video.float() / 255 - torch.tensor(CLIP_MEAN).view(3, 1, 1)) / torch.tensor(CLIP_STD).view(3, 1, 1)
+    assert out.dtype == torch.float32 and out.shape == video.shape
+    torch.testing.assert_close(out, expected)
+    as_double = normalize_video(video.double())
+    assert as_double.dtype == torch.float64  # a floating input keeps its dtype
+    torch.testing.assert_close(as_double, expected.double(), rtol=1e-6, atol=1e-6)

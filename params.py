@@ -21,28 +21,35 @@ DEMO_DEFAULTS = dict(
     clip_init="random",
     clip_arch="tiny",
     train_clip=True,
-    image_size=64,
-    max_frames=8,
+    image_size=64,             # the tiny CLIP's input resolution
+    max_frames=4,
     max_words=24,
-    synthetic_num_videos=600,
+    # STOP's two 3-D convolution prompt modules cost ~10x the whole tiny CLIP on CPU (see
+    # README, engine section); everything else of STOP runs. Turn them on explicitly to try them.
+    spatial_prompt=False,
+    temporal_prompt=False,
+    synthetic_num_videos=400,
     synthetic_num_test_videos=100,
     synthetic_num_frames=16,
     synthetic_resolution=64,
+    synthetic_event_fraction=0.2,
+    tempme_compression_ratio=0.5,
     tempme_input_frames=16,
-    tempme_output_frames=8,
+    tempme_output_frames=4,
     tempme_max_input_frames=16,
-    tempme_min_output_frames=4,
-    tempme_max_output_frames=8,
+    tempme_min_output_frames=2,
+    tempme_max_output_frames=6,
     tempme_hidden_dim=64,
-    epochs=8,
+    epochs=20,
     batch_size=32,
     batch_size_val=50,
-    lr=2e-3,
+    lr=1e-3,
     coef_lr=1.0,
-    tempme_lr=2e-3,
+    tempme_lr=1e-3,
     weight_decay=0.05,
     warmup_proportion=0.05,
     num_workers=2,
+    log_every=0,
     run_name="demo",
 )
 
@@ -145,10 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     tempme = parser.add_argument_group("TempMe frame compression")
     _add_bool(tempme, "--use_tempme", False, "compress frames with TempMe before CLIP")
-    tempme.add_argument("--tempme_type", choices=TEMPME_TYPES, default="simple")
+    tempme.add_argument("--tempme_type", choices=TEMPME_TYPES, default="simple",
+                        help="simple: keep a ratio of --max_frames; basic: --tempme_input_frames -> "
+                             "--tempme_output_frames; adaptive: a content-dependent count")
     tempme.add_argument("--tempme_compression_ratio", type=float, default=0.75,
                         help="simple: fraction of frames KEPT, in (0, 1]; 1.0 = no compression, lower = faster")
-    tempme.add_argument("--tempme_hidden_dim", type=int, default=256, help="compressor width")
+    tempme.add_argument("--tempme_hidden_dim", type=int, default=256,
+                        help="compressor feature/transformer width (lower it on out-of-memory)")
     tempme.add_argument("--tempme_input_frames", type=int, default=32, help="basic: frames loaded")
     tempme.add_argument("--tempme_output_frames", type=int, default=12, help="basic: frames kept")
     tempme.add_argument("--tempme_num_layers", type=int, default=2, help="basic: transformer layers")

@@ -1,0 +1,439 @@
+"""STOP: spatial-temporal prompting of a frozen CLIP (DESIGN.md section 4).
+
+Building blocks used by `modules/clip4clip.py`:
+
+- `TransformerPromptGenerator` / `LinearPromptGenerator`: the unified (DGL-style) generator of
+  deep text prompts `[Lyr, n_t, Wt]` and per-frame local visual prompts `[Lyr, R, n_l, W]`.
+- `SpatialPrompt`: intra-frame pixel prompts with a differentiable top-k patch selection.
+- `TemporalPrompt`: inter-frame prompts from the layer-0 patch tokens, weighted per video.
+- `Adapter`: the bottleneck adapter assigned to `ResidualAttentionBlock.adapter` in both towers.
+- `prompted_visual_forward` / `prompted_text_forward`: CLIP's own blocks run over the prompted
+  token sequences (no second copy of the block), the visual one with the block-structured
+  attention of DESIGN 4.5 as a batch of short sequences.
+
+Cost: every 3-D convolution of the prompts runs as an exact FFT convolution over its two
+spatial axes with explicit temporal taps (`fft_conv3d`); the reference code's direct 3-D convs
+were ~170 of its ~317 visual GFLOPs. The parameters stay `nn.Conv3d` modules. Values that
+depend only on parameters (generator output, kernel spectra) are cached while no gradient is
+recorded (`cached_when_frozen`).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modules.clip import CLIP, Attention, AttentionCore, QuickGELU, ResidualAttentionBlock, VisionTransformer
+
+# Hidden sizes of the reference code's prompt networks (DESIGN 4.3 / 4.4).
+SPATIAL_KERNEL = (3, 11, 11)
+SCORER_KERNEL = (5, 11, 11)
+VARIATION_KERNEL = (5, 11, 11)
+INTER_KERNEL = (3, 15, 25)
+
+
+# --------------------------------------------------------------------------------------------
+# Exact FFT convolution
+# --------------------------------------------------------------------------------------------
+
+def fast_fft_size(n: int) -> int:
+    """Smallest integer >= n whose prime factors are 2, 3 and 5 (fast FFT lengths)."""
+    while True:
+        m = n
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        if m == 1:
+            return n
+        n += 1
+
+
+def cached_when_frozen(owner: nn.Module, name: str, params: list[torch.Tensor], extra: tuple, compute):
+    """`compute()` of values that depend only on `params`, reused on `owner` while no gradient
+    is recorded for them (evaluation) and they are unchanged.
+
+    The key holds each parameter's storage and in-place version counter (bumped by optimiser
+    steps and `load_state_dict`) plus `extra` (sizes, autocast state), so a stale value is
+    never returned. With gradients on, the value is computed afresh (and not stored).
+    """
+    if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+        return compute()
+    key = (tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params), extra)
+    cache = owner.__dict__.setdefault("_frozen_cache", {})
+    if name not in cache or cache[name][0] != key:
+        cache[name] = (key, compute())
+    return cache[name][1]
+
+
+def _kernel_spectrum(weight: torch.Tensor, fh: int, fw: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """2-D DFT (size fh x fw, one-sided along w) of the spatially flipped kernels.
+
+    weight `[C_out, C_in, kt, kh, kw]` -> (real, imag), each `[fh * (fw//2+1), C_out, kt * C_in]`.
+    Computed as two small real matmuls over the kh x kw support (an FFT of the zero-padded
+    kernel would transform mostly zeros), already in the layout the channel mixing needs.
+    """
+    c_out, c_in, kt, kh, kw = weight.shape
+    fr = fw // 2 + 1
+    k = weight.flip(-1, -2).permute(3, 4, 0, 2, 1).reshape(kh, kw, -1)   # [kh, kw, M], M = (C_out, kt, C_in)
+    ang_w = (2 * math.pi / fw) * torch.outer(torch.arange(kw, device=weight.device, dtype=weight.dtype),
+                                             torch.arange(fr, device=weight.device, dtype=weight.dtype))
+    # Along w: A = sum_b k[:, b] e^{-i ang}, as [kh, 2 (re, im), fr, M].
+    basis_w = torch.stack([ang_w.cos(), -ang_w.sin()])                        # [2, kw, fr]
+    a = torch.einsum("cbw,abm->acwm", basis_w, k)
+    # Along h: (cos - i sin)(A_re + i A_im) -> [[cos, sin], [-sin, cos]] @ [A_re; A_im].
+    ang_h = (2 * math.pi / fh) * torch.outer(torch.arange(fh, device=weight.device, dtype=weight.dtype),
+                                             torch.arange(kh, device=weight.device, dtype=weight.dtype))
+    cos, sin = ang_h.cos(), ang_h.sin()
+    basis_h = torch.cat([torch.cat([cos, sin], 1), torch.cat([-sin, cos], 1)], 0)   # [2 fh, 2 kh]
+    spec = basis_h @ a.transpose(0, 1).reshape(2 * kh, fr * k.shape[-1])        # [2 fh, fr * M]
+    spec = spec.view(2, fh * fr, c_out, kt * c_in)
+    return spec[0], spec[1]
+
+
+def fft_conv3d(x: torch.Tensor, conv: nn.Conv3d) -> torch.Tensor:
+    """`conv(x)` for a stride-1, "same"-padded `nn.Conv3d` with odd kernel, computed by FFT.
+
+    x: `[N, C_in, T, H, W]` -> `[N, C_out, T, H, W]`, equal to `F.conv3d` up to float rounding.
+    The two spatial axes use the convolution theorem (zero-padded to a fast length >= H + k_h - 1,
+    so nothing wraps around); the few temporal taps are explicit. The channel (and tap) mixing
+    per frequency is two real batched matmuls (real and imaginary kernel parts against the
+    stacked real/imaginary input), so FLOP counters see its true cost. Runs in float32
+    (outside autocast): spectra need the range.
+    """
+    kt, kh, kw = conv.kernel_size
+    if conv.stride != (1, 1, 1) or conv.padding != (kt // 2, kh // 2, kw // 2) or not (kt % 2 and kh % 2 and kw % 2):
+        raise ValueError(f"fft_conv3d needs a stride-1 'same' convolution with odd kernel, got {conv}")
+    n, c_in, t, h, w = x.shape
+    c_out = conv.out_channels
+    fh, fw = fast_fft_size(h + kh - 1), fast_fft_size(w + kw - 1)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        spec = torch.fft.rfft2(F.pad(x.float(), (0, 0, 0, 0, kt // 2, kt // 2)), s=(fh, fw))
+        fr = spec.shape[-1]
+        # [N, C_in, T+kt-1, fh, fr] complex -> [fh*fr, C_in, 2, N, T+kt-1] real
+        spec = torch.view_as_real(spec).permute(3, 4, 1, 5, 0, 2).reshape(fh * fr, c_in, 2, n, t + kt - 1)
+        taps = torch.stack([spec[..., a:a + t] for a in range(kt)], dim=1)   # [F, kt, C_in, 2, N, T]
+        taps = taps.view(fh * fr, kt * c_in, 2 * n * t)
+        k_re, k_im = cached_when_frozen(conv, "spectrum", [conv.weight], (fh, fw),
+                                        lambda: _kernel_spectrum(conv.weight.float(), fh, fw))
+        p_re = torch.bmm(k_re, taps).view(-1, c_out, 2, n, t)
+        p_im = torch.bmm(k_im, taps).view(-1, c_out, 2, n, t)
+        out = torch.complex(p_re[:, :, 0] - p_im[:, :, 1], p_re[:, :, 1] + p_im[:, :, 0])  # [F, C_out, N, T]
+        out = torch.fft.irfft2(out.view(fh, fr, c_out, n, t).permute(3, 2, 4, 0, 1), s=(fh, fw))
+        out = out[..., kh // 2:kh // 2 + h, kw // 2:kw // 2 + w]
+        if conv.bias is not None:
+            out = out + conv.bias.float().view(1, -1, 1, 1, 1)
+    return out
+
+
+def _zero_masked_frames(x: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+    """x `[N, C, T, ...]`, frame_mask `[N, T]` (1 = real): padded frames set to 0, so that the
+    temporal taps of the next convolution see them as zero padding (as if the video ended)."""
+    return x * frame_mask.to(x.dtype).view(*frame_mask.shape[:1], 1, frame_mask.shape[1],
+                                           *([1] * (x.ndim - 3)))
+
+
+# --------------------------------------------------------------------------------------------
+# Adapters and prompt generators
+# --------------------------------------------------------------------------------------------
+
+class Adapter(nn.Module):
+    """Bottleneck d -> r -> d with PReLU, scaled: the block adds `scale * mlp(x)` (DESIGN 4.6).
+
+    x `[N, L, d]` -> `[N, L, d]`.
+    """
+
+    def __init__(self, width: int, dim: int, scale: float) -> None:
+        super().__init__()
+        self.scale = scale
+        self.mlp = nn.Sequential(nn.Linear(width, dim), nn.PReLU(), nn.Linear(dim, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.mlp(x)
+
+
+def _autocast_state() -> tuple:
+    """Autocast settings that change a computed value (part of `cached_when_frozen` keys)."""
+    return tuple((dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev)) for dev in ("cpu", "cuda"))
+
+
+def _init_attention(attn: Attention) -> None:
+    """`nn.MultiheadAttention`'s initialisation for a freshly built (not loaded) attention."""
+    nn.init.xavier_uniform_(attn.in_proj_weight)
+    nn.init.zeros_(attn.in_proj_bias)
+    nn.init.zeros_(attn.out_proj.bias)
+
+
+class TransformerPromptGenerator(nn.Module):
+    """Unified prompt generator (`--prompt_generator transformer`, DESIGN 4.1).
+
+    A table of `n_t + n_l * R` tokens per layer goes through one transformer block (the
+    layers are its batch); the first `n_t` outputs pass an MLP to the text width. The output
+    does not depend on the input, so it is computed once per call, not once per video (and
+    reused in evaluation while the parameters are unchanged).
+    forward() -> (text `[Lyr, n_t, Wt]`, visual `[Lyr, R, n_l, W]`).
+    """
+
+    def __init__(self, *, num_text: int, num_local: int, max_frames: int, layers: int, width: int,
+                 text_width: int, heads: int) -> None:
+        super().__init__()
+        self.num_text, self.num_local, self.max_frames, self.layers, self.width = (
+            num_text, num_local, max_frames, layers, width)
+        self.prompt_table = nn.Parameter(torch.randn(num_text + num_local * max_frames, layers * width))
+        self.block = ResidualAttentionBlock(width, heads)
+        _init_attention(self.block.attn)
+        self.text_mlp = nn.Sequential(nn.Linear(width, 2 * width), QuickGELU(), nn.Linear(2 * width, text_width))
+
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return cached_when_frozen(self, "prompts", list(self.parameters()), _autocast_state(), self._generate)
+
+    def _generate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = self.prompt_table.view(-1, self.layers, self.width).transpose(0, 1)  # [Lyr, n, W]
+        out = self.block(tokens)
+        text = self.text_mlp(out[:, :self.num_text])
+        visual = out[:, self.num_text:].reshape(self.layers, self.max_frames, self.num_local, self.width)
+        return text, visual
+
+
+class LinearPromptGenerator(nn.Module):
+    """`--prompt_generator linear`: one `[n_l, Lyr*W]` table tiled over frames; two linear maps
+    turn it into `n_l` prefix and `n_l` postfix text prompts (so `n_t = 2 n_l`).
+
+    forward() -> (text `[Lyr, 2 n_l, Wt]`, visual `[Lyr, R, n_l, W]`).
+    """
+
+    def __init__(self, *, num_local: int, max_frames: int, layers: int, width: int, text_width: int,
+                 patch_size: int) -> None:
+        super().__init__()
+        self.num_local, self.max_frames, self.layers, self.width = num_local, max_frames, layers, width
+        self.prompt_table = nn.Parameter(torch.empty(1, num_local, layers * width))
+        bound = math.sqrt(6.0 / (3 * patch_size ** 2 + width))  # the reference's xavier-style bound
+        nn.init.uniform_(self.prompt_table, -bound, bound)
+        self.prefix_proj = nn.Linear(width, text_width)
+        self.postfix_proj = nn.Linear(width, text_width)
+
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        visual = self.prompt_table.view(self.num_local, self.layers, self.width).transpose(0, 1)  # [Lyr, n_l, W]
+        text = torch.cat([self.prefix_proj(visual), self.postfix_proj(visual)], dim=1)
+        return text, visual.unsqueeze(1).expand(-1, self.max_frames, -1, -1)
+
+
+# --------------------------------------------------------------------------------------------
+# Spatial and temporal prompts
+# --------------------------------------------------------------------------------------------
+
+def straight_through_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Hard top-k mask of `scores [..., P]` in the forward pass (exactly 0/1), with the
+    gradient of the soft mask `k * softmax(scores)` (which also sums to k) in the backward."""
+    hard = torch.zeros_like(scores).scatter_(-1, scores.topk(k, dim=-1).indices, 1.0)
+    soft = k * scores.softmax(dim=-1)
+    return hard + (soft - soft.detach())
+
+
+class SpatialPrompt(nn.Module):
+    """Intra-frame spatial prompts in pixel space (DESIGN 4.3).
+
+    forward(video `[B, T, 3, H, W]` normalised, video_mask `[B, T]`) ->
+    (prompted video `[B, T, 3, H, W]`, patch mask `[B, T, P]`).
+    A conv stack 3->9->9->9->16 (PReLU after the 2nd and 3rd), dropout, a channels-last MLP
+    16->16->3 give the prompt image P; a scorer conv gives a score per pixel, averaged over
+    each real ViT patch (`patch_size` x `patch_size`); the top-k patches form the mask M
+    (straight-through, so the scorer learns). Frames become x + s*P + s*P*M. Padded frames
+    are zeroed before every convolution, so they act as the end of the video.
+    """
+
+    def __init__(self, *, grid_size: int, patch_size: int, topk: int, scale: float, dropout: float) -> None:
+        super().__init__()
+        if not 1 <= topk <= grid_size ** 2:
+            raise ValueError(f"--spatial_topk must be in [1, {grid_size ** 2}] (patches per frame), got {topk}")
+        self.grid_size, self.patch_size, self.topk, self.scale = grid_size, patch_size, topk, scale
+        pad = tuple(k // 2 for k in SPATIAL_KERNEL)
+        self.convs = nn.ModuleList([nn.Conv3d(cin, cout, SPATIAL_KERNEL, padding=pad)
+                                    for cin, cout in ((3, 9), (9, 9), (9, 9), (9, 16))])
+        # PReLU after the 2nd and 3rd convolution (none after the 1st: the reference's stack).
+        self.acts = nn.ModuleList([nn.Identity(), nn.PReLU(), nn.PReLU(), nn.Identity()])
+        self.mlp = nn.Sequential(nn.Linear(16, 16), nn.PReLU(), nn.Linear(16, 3))
+        self.dropout = nn.Dropout(dropout)
+        self.scorer = nn.Conv3d(3, 1, SCORER_KERNEL, padding=tuple(k // 2 for k in SCORER_KERNEL))
+
+    def patch_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """x `[B, 3, T, H, W]` (padded frames zeroed) -> score per ViT patch `[B, T, P]`."""
+        score_map = fft_conv3d(x, self.scorer)[:, 0]                       # [B, T, H, W]
+        pooled = F.avg_pool2d(score_map.flatten(0, 1), self.patch_size)  # real p x p patches
+        return pooled.view(x.shape[0], x.shape[2], -1)
+
+    def forward(self, video: torch.Tensor, video_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, t, _, h, w = video.shape
+        if h != self.grid_size * self.patch_size or w != h:
+            raise ValueError(f"spatial prompt built for {self.grid_size * self.patch_size}px frames, got {h}x{w}")
+        x = _zero_masked_frames(video.transpose(1, 2), video_mask)        # [B, 3, T, H, W]
+        prompt = x
+        for conv, act in zip(self.convs, self.acts):
+            prompt = act(_zero_masked_frames(fft_conv3d(prompt, conv), video_mask))
+        prompt = self.dropout(prompt.to(video.dtype))
+        prompt = self.dropout(self.mlp(prompt.permute(0, 2, 3, 4, 1)))   # [B, T, H, W, 3]
+        prompt = prompt.permute(0, 1, 4, 2, 3)                            # [B, T, 3, H, W]
+        patch_mask = straight_through_topk(self.patch_scores(x), self.topk)  # [B, T, P]
+        pixel_mask = patch_mask.view(b, t, 1, self.grid_size, 1, self.grid_size, 1).expand(
+            -1, -1, -1, -1, self.patch_size, -1, self.patch_size).reshape(b, t, 1, h, w)
+        return video + self.scale * prompt * (1 + pixel_mask.to(prompt.dtype)), patch_mask
+
+
+class TemporalPrompt(nn.Module):
+    """Inter-frame temporal prompts from the layer-0 patch tokens (DESIGN 4.4).
+
+    forward(patches `[B, T, P, W]` (after `ln_pre`), video_mask `[B, T]`, patch_mask `[B, T, P]`
+    or None) -> prompts `[B, T, n_l, W]`, added to the local prompts of every layer.
+    Self-attention over the video's real tokens; a frame-variation weight (conv over the
+    attended tokens as a (T, P, W) volume, selected patches doubled, mean over tokens and
+    channels) min-max normalised per video over its real frames, with an epsilon (a static
+    video gives 0, not NaN); an inter-frame conv 1->9->1 and an MLP over the patch axis.
+    """
+
+    def __init__(self, *, width: int, heads: int, num_patches: int, num_local: int, scale: float,
+                 eps: float = 1e-6) -> None:
+        super().__init__()
+        self.scale, self.eps = scale, eps
+        self.attn = Attention(width, heads)
+        _init_attention(self.attn)
+        self.variation_conv = nn.Conv3d(1, 1, VARIATION_KERNEL, padding=tuple(k // 2 for k in VARIATION_KERNEL))
+        pad = tuple(k // 2 for k in INTER_KERNEL)
+        self.inter_convs = nn.ModuleList([nn.Conv3d(1, 9, INTER_KERNEL, padding=pad),
+                                          nn.Conv3d(9, 1, INTER_KERNEL, padding=pad)])
+        self.inter_act = nn.PReLU()
+        self.mlp = nn.Sequential(nn.Linear(num_patches, 16), nn.PReLU(), nn.Linear(16, num_local))
+
+    def frame_weights(self, tokens: torch.Tensor, video_mask: torch.Tensor,
+                      patch_mask: torch.Tensor | None) -> torch.Tensor:
+        """tokens `[B, 1, T, P, W]` (padded frames zero) -> per-video min-max weights `[B, T]`."""
+        v = fft_conv3d(tokens, self.variation_conv)[:, 0]                 # [B, T, P, W]
+        if patch_mask is not None:
+            v = v * (1 + patch_mask.unsqueeze(-1).to(v.dtype))
+        v = v.mean(dim=(2, 3))
+        real = video_mask > 0
+        lo = v.masked_fill(~real, float("inf")).amin(1, keepdim=True)
+        hi = v.masked_fill(~real, float("-inf")).amax(1, keepdim=True)
+        # A video without real frames has lo=inf; its weights are unused, keep them finite.
+        lo, hi = torch.where(real.any(1, keepdim=True), lo, 0.0), torch.where(real.any(1, keepdim=True), hi, 0.0)
+        return ((v - lo) / (hi - lo + self.eps)).masked_fill(~real, 0.0)
+
+    def forward(self, patches: torch.Tensor, video_mask: torch.Tensor,
+                patch_mask: torch.Tensor | None) -> torch.Tensor:
+        b, t, p, w = patches.shape
+        real = (video_mask > 0).repeat_interleave(p, dim=1)                 # [B, T*P]
+        # Keys of padded frames are masked out; a video without real frames attends to all
+        # (its rows would be all -inf otherwise; its output is unused).
+        keys = (real | ~real.any(1, keepdim=True)).view(b, 1, 1, t * p)
+        attended = self.attn(patches.reshape(b, t * p, w), attn_mask=keys).view(b, 1, t, p, w)
+        attended = _zero_masked_frames(attended, video_mask)
+        weights = self.frame_weights(attended, video_mask, patch_mask)     # [B, T]
+        x = self.inter_act(_zero_masked_frames(fft_conv3d(attended, self.inter_convs[0]), video_mask))
+        x = fft_conv3d(x, self.inter_convs[1])[:, 0].to(patches.dtype)      # [B, T, P, W]
+        x = self.mlp(x.transpose(2, 3)).transpose(2, 3)                    # [B, T, n_l, W]
+        return self.scale * x * (1 + weights.to(x.dtype)).view(b, t, 1, 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Prompted towers
+# --------------------------------------------------------------------------------------------
+
+def visual_sequence_length(num_frames: int, num_patches: int, num_global: int, num_local: int) -> int:
+    """Tokens of the prompted ViT: n_g global prompts + per frame [CLS, n_l local, P patches]
+    (4 + 54 T for ViT-B/32 with the defaults)."""
+    return num_global + num_frames * (1 + num_local + num_patches)
+
+
+def block_attention(num_global: int, num_frames: int, video_mask: torch.Tensor) -> AttentionCore:
+    """The attention of DESIGN 4.5 in the structure it has, for sequences laid out as
+    `[n_g global, frame 0 tokens, frame 1 tokens, ...]` (S tokens per frame).
+
+    Frame tokens attend to the global prompts and their own frame: one SDPA over B*T short
+    sequences (keys n_g + S). Global prompts attend to themselves and the tokens of real
+    frames: one SDPA over B sequences with a key mask. q, k, v: `[B, heads, L, hd]`.
+    """
+    def core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        b, heads, length, hd = q.shape
+        s = (length - num_global) // num_frames
+
+        def frames(x: torch.Tensor) -> torch.Tensor:  # [B, h, T*S, hd] -> [B*T, h, S, hd]
+            return x[:, :, num_global:].reshape(b, heads, num_frames, s, hd).transpose(1, 2).reshape(-1, heads, s, hd)
+
+        def with_global(x: torch.Tensor) -> torch.Tensor:  # frame keys/values prefixed by the global ones
+            g = x[:, :, :num_global].unsqueeze(1).expand(-1, num_frames, -1, -1, -1).reshape(-1, heads, num_global, hd)
+            return torch.cat([g, frames(x)], dim=2)
+
+        out_frames = F.scaled_dot_product_attention(frames(q), with_global(k), with_global(v))
+        out_frames = out_frames.view(b, num_frames, heads, s, hd).transpose(1, 2).reshape(b, heads, -1, hd)
+        real = (video_mask > 0).repeat_interleave(s, dim=1)
+        keys = torch.cat([real.new_ones(b, num_global), real], dim=1).view(b, 1, 1, length)
+        out_global = F.scaled_dot_product_attention(q[:, :, :num_global], k, v, attn_mask=keys)
+        return torch.cat([out_global, out_frames], dim=2)
+
+    return core
+
+
+def prompted_visual_forward(visual: VisionTransformer, frames: torch.Tensor, video_mask: torch.Tensor,
+                            global_prompts: torch.Tensor, local_prompts: torch.Tensor
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run CLIP's ViT blocks over the STOP token sequence.
+
+    frames `[B, T, 1+P, W]` (CLS + patches after `ln_pre`), video_mask `[B, T]`,
+    global_prompts `[B, n_g, W]` (shallow), local_prompts `[Lyr, B, T, n_l, W]` (deep: layer i
+    replaces the local prompt tokens before block i).
+    Returns (global tokens `[B, n_g, W]`, frame CLS tokens `[B, T, W]`), before `ln_post`.
+    """
+    b, t, _, width = frames.shape
+    n_g, n_l = global_prompts.shape[1], local_prompts.shape[3]
+    blocks = visual.transformer.resblocks
+    if local_prompts.shape[0] < len(blocks):
+        raise ValueError(f"{local_prompts.shape[0]} prompt layers for {len(blocks)} ViT blocks")
+    core = block_attention(n_g, t, video_mask)
+    glob, tokens = global_prompts, frames
+    for i, block in enumerate(blocks):
+        tokens = torch.cat([tokens[:, :, :1], local_prompts[i], tokens[:, :, 1 + n_l * (i > 0):]], dim=2)
+        x = block(torch.cat([glob, tokens.flatten(1, 2)], dim=1), attention_core=core)
+        glob, tokens = x[:, :n_g], x[:, n_g:].view(b, t, -1, width)
+    return glob, tokens[:, :, 0]
+
+
+def text_positions(input_ids: torch.Tensor, num_prompts: int, postfix_before_eot: bool) -> torch.Tensor:
+    """Sequence position of every token of `[words (L), prefix prompts, postfix prompts]`.
+
+    input_ids `[B, L]` -> positions `[B, L + n_t]`. Layout `[SOT, prefix, words, postfix]`
+    (faithful: the postfix prompts follow EOT and padding, so under the causal mask they
+    cannot reach EOT), or with `postfix_before_eot` `[SOT, prefix, words before EOT, postfix,
+    EOT, padding]`. Keeping the tokens in this fixed order and expressing the layout through
+    the causal mask on positions makes deep prompt replacement a slice.
+    """
+    b, length = input_ids.shape
+    half = num_prompts // 2
+    src = torch.arange(length, device=input_ids.device).expand(b, -1)
+    eot = input_ids.argmax(dim=-1, keepdim=True)                          # [B, 1]
+    postfix_start = eot if postfix_before_eot else torch.full_like(eot, length)
+    words = src + half * (src >= 1) + half * (src >= postfix_start)
+    j = torch.arange(half, device=input_ids.device).expand(b, -1)
+    return torch.cat([words, 1 + j, postfix_start + half + j], dim=1)
+
+
+def prompted_text_forward(clip: CLIP, input_ids: torch.Tensor, text_prompts: torch.Tensor,
+                          postfix_before_eot: bool) -> torch.Tensor:
+    """CLIP's text tower with deep prompts (DESIGN 4.2).
+
+    input_ids `[B, L]`, text_prompts `[Lyr, n_t, Wt]` (first half prefix) -> `[B, D]`.
+    Positional embeddings are added to the words only; layer i's prompts replace the
+    prompt tokens before block i; the output is the EOT feature after `ln_final` + projection.
+    """
+    b, length = input_ids.shape
+    n_t = text_prompts.shape[1]
+    if length > clip.context_length:
+        raise ValueError(f"text length {length} exceeds CLIP's context length {clip.context_length}")
+    pos = text_positions(input_ids, n_t, postfix_before_eot)
+    causal = (pos.unsqueeze(1) <= pos.unsqueeze(2)).unsqueeze(1)            # [B, 1, L+n_t, L+n_t]
+    words = clip.token_embedding(input_ids) + clip.positional_embedding[:length]
+    for i, block in enumerate(clip.transformer.resblocks):
+        x = torch.cat([words, text_prompts[i].to(words.dtype).expand(b, -1, -1)], dim=1)
+        x = block(x, attn_mask=causal)
+        words = x[:, :length]
+    eot = words[torch.arange(b, device=words.device), input_ids.argmax(dim=-1)]
+    return clip.ln_final(eot) @ clip.text_projection

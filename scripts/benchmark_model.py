@@ -1,0 +1,187 @@
+"""Cost of the STOP visual path next to plain frozen CLIP on the same frames (DESIGN 9, issue 5).
+
+For one video of `--frames` frames (random CLIP of `--arch`, random pixels) it reports
+- GFLOPs of the visual path, counted with `torch.utils.flop_counter` (2 per multiply-add)
+  with attention forced to the math backend and `nn.MultiheadAttention`'s fast path off
+  (fused kernels are invisible to the counter); FFTs, which the counter does not know, are
+  counted as 2.5 N log2 N (real) / 5 N log2 N (complex) per transform of N points;
+- forward time (eval, no grad) and forward+backward time (train mode, gradient into the
+  prompts) next to plain CLIP `encode_image` forward (frozen) and forward+backward (CLIP
+  fine-tuned), wall clock on CPU, CUDA events on GPU, median of `--repeats`.
+
+    python scripts/benchmark_model.py --device cpu --threads 2 --frames 12 --arch ViT-B/32
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from typing import Callable
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import params  # noqa: E402
+from modules.clip import CLIP_CONFIGS, build_clip, random_clip_state_dict  # noqa: E402
+from modules import stop as stop_module  # noqa: E402
+from modules.clip4clip import CLIP4Clip  # noqa: E402
+from dataloaders.video_reader import normalize_video  # noqa: E402
+
+aten = torch.ops.aten
+
+
+def _fft_flops(points: int, batch: int, complex_input: bool) -> int:
+    return int(batch * (5.0 if complex_input else 2.5) * points * math.log2(max(points, 2)))
+
+
+def _r2c(input_shape, dim, *args, out_shape=None, **kwargs) -> int:
+    points = math.prod(input_shape[d] for d in dim)
+    return _fft_flops(points, math.prod(input_shape) // points, False)
+
+
+def _c2r(input_shape, dim, *args, out_shape=None, **kwargs) -> int:
+    points = math.prod(out_shape[d] for d in dim)
+    return _fft_flops(points, math.prod(out_shape) // points, False)
+
+
+def _c2c(input_shape, dim, *args, out_shape=None, **kwargs) -> int:
+    points = math.prod(input_shape[d] for d in dim)
+    return _fft_flops(points, math.prod(input_shape) // points, True)
+
+
+FFT_FLOPS = {aten._fft_r2c: _r2c, aten._fft_c2r: _c2r, aten._fft_c2c: _c2c}
+
+
+def count_flops(fn: Callable[[], object], model: torch.nn.Module) -> tuple[int, dict[str, int]]:
+    """Total FLOPs of `fn()` (a no-grad forward of `model`) and per-module totals."""
+    torch.backends.mha.set_fastpath_enabled(False)
+    counter = FlopCounterMode(display=False, custom_mapping=FFT_FLOPS)
+    # The counter's module tracker rejects views of trainable leaves made under no_grad
+    # (the prompt tables), so parameters are frozen while counting.
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    model.requires_grad_(False)
+    try:
+        with sdpa_kernel(SDPBackend.MATH), counter:
+            fn()
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+    per_module = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
+    return counter.get_total_flops(), per_module
+
+
+def time_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """Median wall time of `fn()` in ms after one warm-up call (CUDA events on GPU)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize(device)
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(1000 * (time.perf_counter() - t0))
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--frames", type=int, default=12)
+    parser.add_argument("--arch", default="ViT-B/32", choices=sorted(CLIP_CONFIGS))
+    parser.add_argument("--skip_backward", action="store_true", help="time the forward passes only")
+    parser.add_argument("--direct_conv", action="store_true",
+                        help="run the prompts' 3-D convolutions as direct F.conv3d (the reference code's "
+                             "formulation) instead of the FFT form, for comparison")
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    if args.direct_conv:
+        stop_module.fft_conv3d = lambda x, conv: conv(x.float())
+
+    resolution = CLIP_CONFIGS[args.arch]["image_resolution"]
+    sd = random_clip_state_dict(args.arch, seed=0)
+    config = params.get_args(["--clip_init", "random", "--clip_arch", args.arch, "--image_size", str(resolution),
+                              "--max_frames", str(args.frames)])
+    stop = CLIP4Clip(sd, config).to(device)
+    clip = build_clip(sd).to(device)
+    video = torch.randint(0, 256, (1, args.frames, 3, resolution, resolution), dtype=torch.uint8, device=device)
+    mask = torch.ones(1, args.frames, device=device)
+    frames = normalize_video(video[0])
+
+    def clip_forward() -> torch.Tensor:
+        with torch.no_grad():
+            return clip.encode_image(frames)
+
+    def stop_forward() -> torch.Tensor:
+        with torch.no_grad():
+            return stop.eval().get_visual_output(video, mask)[0]
+
+    def clip_train_step() -> None:
+        clip.train().requires_grad_(True)
+        clip.encode_image(frames).sum().backward()
+        clip.zero_grad(set_to_none=True)
+
+    def stop_train_step() -> None:
+        stop.train().get_visual_output(video, mask)[0].sum().backward()
+        stop.zero_grad(set_to_none=True)
+
+    clip_flops, _ = count_flops(clip_forward, clip)
+    stop_flops, stop_modules = count_flops(stop_forward, stop)
+    # get_visual_output is not `forward`, so the counter names its top modules by class.
+    parts = {key: stop_modules.get(type(getattr(stop, key)).__name__, 0)
+             for key in ("spatial_prompt", "temporal_prompt", "prompt_generator")}
+    parts["prompted ViT"] = stop_flops - sum(parts.values())
+    result = {
+        "arch": args.arch, "frames": args.frames, "conv": "direct" if args.direct_conv else "fft", "device": str(device), "threads": torch.get_num_threads(),
+        "trainable_parameters": sum(p.numel() for g in stop.trainable_parameters().values() for _, p in g),
+        "gflops": {"clip": clip_flops / 1e9, "stop": stop_flops / 1e9,
+                   **{f"stop.{k}": v / 1e9 for k, v in parts.items()}},
+        "ms": {"clip_forward": time_ms(clip_forward, device, args.repeats),
+               "stop_forward": time_ms(stop_forward, device, args.repeats)},
+    }
+    if not args.skip_backward:
+        result["ms"]["clip_forward_backward"] = time_ms(clip_train_step, device, args.repeats)
+        result["ms"]["stop_forward_backward"] = time_ms(stop_train_step, device, args.repeats)
+    ms = result["ms"]
+    result["ratios"] = {"gflops": stop_flops / clip_flops, "forward": ms["stop_forward"] / ms["clip_forward"]}
+    if not args.skip_backward:
+        result["ratios"]["train_vs_frozen_clip_forward"] = ms["stop_forward_backward"] / ms["clip_forward"]
+        result["ratios"]["train_vs_clip_finetune"] = ms["stop_forward_backward"] / ms["clip_forward_backward"]
+
+    print(f"{args.arch}, one {args.frames}-frame video, {device} ({result['threads']} threads), "
+          f"{result['conv']} prompt convolutions; "
+          f"STOP trainable parameters {result['trainable_parameters']:,}")
+    print(f"{'':34}{'GFLOPs':>10}{'forward ms':>12}{'fwd+bwd ms':>12}")
+    print(f"{'plain CLIP encode_image':34}{clip_flops / 1e9:>10.1f}{ms['clip_forward']:>12.0f}"
+          f"{ms.get('clip_forward_backward', float('nan')):>12.0f}")
+    print(f"{'STOP visual path':34}{stop_flops / 1e9:>10.1f}{ms['stop_forward']:>12.0f}"
+          f"{ms.get('stop_forward_backward', float('nan')):>12.0f}")
+    for key, value in parts.items():
+        print(f"{'  of which ' + key:34}{value / 1e9:>10.1f}")
+    print("ratios STOP / CLIP: " + ", ".join(f"{k} {v:.2f}" for k, v in result["ratios"].items()))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()

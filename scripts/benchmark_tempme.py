@@ -1,0 +1,223 @@
+"""Visual encode cost with and without TempMe, all configurations side by side in one run.
+
+For `none` and each compressor over a grid of input/output frame counts, measures per video:
+total visual encode time (compressor + STOP spatial prompt + prompted ViT, i.e.
+`CLIP4Clip.get_visual_output` on normalised frames), the compressor's time alone, frames kept,
+GFLOPs (`torch.utils.flop_counter`, fused attention forced to the math kernel so it is counted)
+and peak CUDA memory. Warm-up runs are excluded; times are medians over `--repeats`.
+
+    python scripts/benchmark_tempme.py --device cpu --repeats 3 --json outputs/bench_tempme.json
+    python scripts/benchmark_tempme.py --device cuda --batch_size 32 --precision amp_bf16
+
+Each row is compared with the `none` row that loads the same number of input frames:
+`encode_ratio` and `gflops_ratio` are against that row, `compressor_share` is the
+compressor's time over that row's encode time.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from modules.clip import load_clip_state_dict, random_clip_state_dict  # noqa: E402
+from modules.clip4clip import CLIP4Clip  # noqa: E402
+from params import get_args  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One benchmark row: a TempMe type and its frame counts. `ratio` is the fraction kept."""
+    type: str
+    frames_in: int
+    ratio: float = 1.0
+    frames_out: int | None = None      # basic: fixed output; adaptive: max output
+    min_frames_out: int | None = None  # adaptive only
+
+    def flags(self) -> list[str]:
+        if self.type == "none":
+            return ["--max_frames", str(self.frames_in)]
+        common = ["--use_tempme", "True", "--tempme_type", self.type]
+        if self.type == "simple":
+            return common + ["--max_frames", str(self.frames_in), "--tempme_compression_ratio", str(self.ratio)]
+        if self.type == "basic":
+            return common + ["--max_frames", str(self.frames_out), "--tempme_input_frames", str(self.frames_in),
+                             "--tempme_output_frames", str(self.frames_out)]
+        return common + ["--max_frames", str(self.frames_out), "--tempme_max_input_frames", str(self.frames_in),
+                         "--tempme_min_output_frames", str(self.min_frames_out),
+                         "--tempme_max_output_frames", str(self.frames_out)]
+
+
+DEFAULT_GRID = (
+    [Setting("none", n) for n in (12, 32, 48)]
+    + [Setting("simple", n, r) for n in (12, 32) for r in (1.0, 0.75, 0.5, 0.25)]
+    + [Setting("basic", 32, 12 / 32, 12), Setting("basic", 48, 8 / 48, 8),
+       Setting("adaptive", 48, 1.0, 16, 8)]
+)
+
+
+@dataclass
+class Row:
+    type: str
+    ratio: float
+    frames_in: int
+    frames_out: float
+    encode_ms: float
+    compressor_ms: float
+    gflops: float
+    peak_mem_mb: float | None
+
+
+def benchmark_video(batch: int, frames: int, size: int, device: torch.device) -> torch.Tensor:
+    """Normalised-range frames `[B, T, 3, size, size]` of a square moving over a textured
+    background, so content-dependent compressors see real motion (not white noise)."""
+    gen = torch.Generator().manual_seed(0)
+    background = torch.rand(batch, 1, 3, size, size, generator=gen) * 0.5
+    video = background.repeat(1, frames, 1, 1, 1)
+    side = size // 4
+    for t in range(frames):
+        x = int((size - side) * t / max(frames - 1, 1))
+        video[:, t, :, size // 3:size // 3 + side, x:x + side] = 1.5
+    return video.to(device)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_ms(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
+    """Median wall time of `fn` in ms after one warm-up call: CUDA events on GPU, perf_counter on CPU."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize(device)
+            times.append(start.elapsed_time(end))
+        else:
+            begin = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - begin) * 1e3)
+    return statistics.median(times)
+
+
+def count_gflops(fn: Callable[[], object]) -> float:
+    """GFLOPs of one call (2 per multiply-add), with fused kernels disabled so all are counted."""
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+            fn()
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    return counter.get_total_flops() / 1e9
+
+
+def measure(setting: Setting, clip_state: dict[str, torch.Tensor], base_flags: list[str], batch: int,
+            repeats: int, device: torch.device,
+            autocast: Callable[[], contextlib.AbstractContextManager]) -> Row:
+    config = get_args(base_flags + setting.flags())
+    # Inference only; parameters without grad also keep FlopCounterMode's module hooks quiet.
+    model = CLIP4Clip(clip_state, config).to(device).eval().requires_grad_(False)
+    video = benchmark_video(batch, setting.frames_in, config.image_size, device)
+    mask = torch.ones(batch, setting.frames_in, dtype=torch.long, device=device)
+
+    def encode() -> torch.Tensor:
+        with torch.no_grad(), autocast():
+            return model.get_visual_output(video, mask)[1]
+
+    def compress() -> object:
+        with torch.no_grad(), autocast():
+            return model.tempme(video, mask)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    frames_out = encode().float().sum(1).mean().item()
+    encode_ms = median_ms(encode, repeats, device) / batch
+    peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 / batch if device.type == "cuda" else None
+    compressor_ms = median_ms(compress, repeats, device) / batch if model.tempme is not None else 0.0
+    gflops = count_gflops(encode) / batch
+    return Row(setting.type, setting.ratio, setting.frames_in, frames_out, encode_ms, compressor_ms, gflops, peak)
+
+
+def print_table(rows: list[Row]) -> None:
+    baseline = {r.frames_in: r for r in rows if r.type == "none"}
+    header = (f"{'type':9}{'ratio':>7}{'in':>5}{'out':>7}{'encode ms':>11}{'comp ms':>9}{'GFLOPs':>9}"
+              f"{'peak MB':>9}{'time/none':>10}{'flops/none':>11}{'comp share':>11}")
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        base = baseline.get(r.frames_in)
+        ratios = (f"{r.encode_ms / base.encode_ms:>10.3f}{r.gflops / base.gflops:>11.3f}"
+                  f"{r.compressor_ms / base.encode_ms:>11.2%}") if base else ""
+        peak = f"{r.peak_mem_mb:>9.0f}" if r.peak_mem_mb is not None else f"{'-':>9}"
+        print(f"{r.type:9}{r.ratio:>7.3f}{r.frames_in:>5}{r.frames_out:>7.2f}{r.encode_ms:>11.1f}"
+              f"{r.compressor_ms:>9.2f}{r.gflops:>9.1f}{peak}{ratios}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--weights", default=None, help="CLIP weights file (default: random CLIP of --arch)")
+    parser.add_argument("--arch", default="ViT-B/32", help="random CLIP size when --weights is not given")
+    parser.add_argument("--batch_size", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--precision", choices=("amp_bf16", "amp_fp16", "fp32"), default="amp_bf16",
+                        help="autocast dtype on CUDA; CPU always runs fp32")
+    parser.add_argument("--types", nargs="+", default=["none", "simple", "basic", "adaptive"],
+                        help="restrict the grid to these types")
+    parser.add_argument("--max_input_frames", type=int, default=48, help="skip grid rows loading more frames")
+    parser.add_argument("--json", default=None, help="write the rows as a JSON list to this path")
+    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
+                        help="further main.py flags for the model (e.g. --prompt_mode none)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> list[Row]:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if args.weights:
+        clip_state = load_clip_state_dict(args.weights)
+    else:
+        clip_state = random_clip_state_dict(args.arch, seed=0)
+    resolution = round((clip_state["visual.positional_embedding"].shape[0] - 1) ** 0.5) \
+        * clip_state["visual.conv1.weight"].shape[-1]
+    base_flags = ["--image_size", str(resolution)] + args.extra
+    use_amp = device.type == "cuda" and args.precision != "fp32"
+    dtype = torch.bfloat16 if args.precision == "amp_bf16" else torch.float16
+    def autocast() -> contextlib.AbstractContextManager:
+        return torch.autocast(device.type, dtype=dtype) if use_amp else contextlib.nullcontext()
+
+    grid = [s for s in DEFAULT_GRID if s.type in args.types and s.frames_in <= args.max_input_frames]
+    print(f"device={device} batch={args.batch_size} repeats={args.repeats} "
+          f"precision={args.precision if use_amp else 'fp32'} weights={args.weights or 'random ' + args.arch} "
+          f"threads={torch.get_num_threads()}"
+          + (f" gpu={torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""), flush=True)
+    rows = []
+    for setting in grid:
+        rows.append(measure(setting, clip_state, base_flags, args.batch_size, args.repeats, device, autocast))
+        print(f"  measured {setting.type} in={setting.frames_in} ratio={setting.ratio:.3f}", flush=True)
+    print_table(rows)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps([asdict(r) for r in rows], indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -166,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     tempme.add_argument("--tempme_min_output_frames", type=int, default=8, help="adaptive: fewest frames kept")
     tempme.add_argument("--tempme_max_output_frames", type=int, default=16, help="adaptive: most frames kept")
     tempme.add_argument("--tempme_lr", type=float, default=1e-3, help="learning rate of the compressor")
+    tempme.add_argument("--tempme_aux_weight", type=float, default=1.0,
+                        help="weight of the auxiliary loss teaching the compressor's frame scores the "
+                             "text-frame similarity of plain CLIP (0 = off); costs one extra no-grad CLIP "
+                             "pass over every input frame per training step")
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=int, default=5)
@@ -201,11 +205,16 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
     for name in ("lr", "tempme_lr"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name} must be > 0, got {getattr(args, name)}")
+    if args.tempme_aux_weight < 0:
+        parser.error(f"--tempme_aux_weight must be >= 0 (0 turns the auxiliary loss off), "
+                     f"got {args.tempme_aux_weight}")
     for name in ("warmup_proportion", "spatial_dropout", "synthetic_event_fraction"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             parser.error(f"--{name} must be in [0, 1], got {getattr(args, name)}")
     # TempMe value ranges (ratio, output <= input, min <= max) are checked by
     # modules.tempme.get_tempme_model, the one place that turns them into a compressor.
+    if args.resume == "auto" and args.run_name is None:
+        parser.error("--resume auto needs --run_name: it resumes outputs/<run_name>/latest.pt")
     if args.dataset != "synthetic" and (args.do_train or args.do_eval):
         for name in ("data_path", "features_path"):
             if getattr(args, name) is None:

@@ -58,8 +58,8 @@ def init_distributed(device: str) -> torch.device:
 
 
 def cleanup() -> None:
+    """Leave the process group (no barrier: this also runs when one rank fails)."""
     if is_distributed():
-        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -1,0 +1,128 @@
+"""What a run writes for people: the run folder, log.txt, args.json, metrics.jsonl, metric tables.
+
+Only rank 0 writes files and logs at INFO; other ranks log warnings to the console.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from argparse import Namespace
+from typing import Any
+
+import torch
+from torch import nn
+
+import params
+from modules import distributed
+
+_FORMAT = "%(asctime)s | %(levelname)s | %(message)s"
+_DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+def make_run_dir(args: Namespace) -> str:
+    """`<output_dir>/<run_name>` (default name: dataset + time stamp, chosen by rank 0 and
+    broadcast so every rank agrees); created by rank 0."""
+    name = args.run_name or f"{args.dataset}_{time.strftime('%Y%m%d-%H%M%S')}"
+    name = distributed.broadcast_object(name)
+    run_dir = os.path.join(args.output_dir, name)
+    if distributed.is_main_process():
+        os.makedirs(run_dir, exist_ok=True)
+    distributed.barrier()
+    return run_dir
+
+
+def setup_logging(run_dir: str) -> None:
+    """Root logger to the console and `<run_dir>/log.txt` (appended, so a resumed run continues
+    the same log). Handlers from a previous in-process run are replaced."""
+    root = logging.getLogger()
+    close_logging()
+    formatter = logging.Formatter(_FORMAT, _DATE_FORMAT)
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    if distributed.is_main_process():
+        handlers.append(logging.FileHandler(os.path.join(run_dir, "log.txt")))
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        handler._stop_tempme_run = True  # marks handlers this module owns
+        root.addHandler(handler)
+    root.setLevel(logging.INFO if distributed.is_main_process() else logging.WARNING)
+
+
+def close_logging() -> None:
+    """Remove and close the handlers `setup_logging` added (end of `main`)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_stop_tempme_run", False):
+            root.removeHandler(handler)
+            handler.close()
+
+
+def write_args(run_dir: str, args: Namespace) -> None:
+    """`args.json`: the exact arguments of the run (rank 0)."""
+    if distributed.is_main_process():
+        with open(os.path.join(run_dir, "args.json"), "w") as f:
+            json.dump(vars(args), f, indent=2, sort_keys=True)
+
+
+def append_metrics(run_dir: str, record: dict[str, Any]) -> None:
+    """One JSON line per evaluation in `metrics.jsonl` (rank 0)."""
+    if distributed.is_main_process():
+        with open(os.path.join(run_dir, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def format_metrics_table(title: str, result: dict[str, Any]) -> str:
+    """Readable table of an evaluation result (see `modules.evaluate.evaluate`)."""
+    rows = [("t2v", result["metrics"]["t2v"]), ("v2t", result["metrics"]["v2t"])]
+    if result.get("dsl"):
+        rows += [("t2v DSL", result["dsl"]["t2v"]), ("v2t DSL", result["dsl"]["v2t"])]
+    lines = [title, f"{'':<8} {'R@1':>6} {'R@5':>6} {'R@10':>6} {'MdR':>6} {'MnR':>7}"]
+    for name, m in rows:
+        lines.append(f"{name:<8} {m['R1']:6.1f} {m['R5']:6.1f} {m['R10']:6.1f} {m['MdR']:6.1f} {m['MnR']:7.1f}")
+    kept = result["frames_kept"]
+    lines.append(f"frames kept: mean {kept['mean']:.2f} min {kept['min']} max {kept['max']} of "
+                 f"{result['frames_loaded']} loaded (effective ratio {result['effective_ratio']:.3f}) | "
+                 f"encode {result['videos_per_s']:.1f} videos/s, {result['texts_per_s']:.1f} texts/s | "
+                 f"{result['num_texts']} texts, {result['num_videos']} videos, bad videos {result['bad_videos']}")
+    if result["bad_videos"]:
+        lines.append(f"WARNING: {result['bad_videos']} videos could not be read and were encoded as empty "
+                     f"(zero frames, mask 0); their retrieval scores are meaningless")
+    return "\n".join(lines)
+
+
+def tempme_configuration(args: Namespace, compressor: nn.Module | None) -> str:
+    """The `TempMe Configuration: ...` start-up line: type, frames in/out, size of the compressor."""
+    if compressor is None:
+        return f"TempMe Configuration: enabled=False frames={args.max_frames}"
+    parts = [f"enabled=True type={args.tempme_type}"]
+    if args.tempme_type == "simple":
+        parts.append(f"ratio={args.tempme_compression_ratio}")
+    parts.append(f"input_frames={params.num_input_frames(args)}")
+    if args.tempme_type == "adaptive":
+        parts.append(f"output_frames={args.tempme_min_output_frames}-{args.tempme_max_output_frames} "
+                     f"(min-max, per video)")
+    else:
+        parts.append(f"output_frames={compressor.output_frames}")
+    parts.append(f"hidden_dim={args.tempme_hidden_dim}")
+    if args.tempme_type == "basic":
+        parts.append(f"layers={args.tempme_num_layers}")
+    parts.append(f"params={sum(p.numel() for p in compressor.parameters()):,}")
+    return "TempMe Configuration: " + " ".join(parts)
+
+
+def format_startup(args: Namespace, run_dir: str, device: torch.device, precision: str, model: nn.Module,
+                   datasets: dict[str, Any]) -> str:
+    """The start-up block: run, device, dataset sizes, frames loaded, parameter counts, TempMe."""
+    lines = [f"run folder {run_dir} | device {device} | precision {precision} | "
+             f"processes {distributed.get_world_size()} | seed {args.seed}"]
+    for split, dataset in datasets.items():
+        if dataset is not None:
+            lines.append(f"data {args.dataset} {split}: {len(dataset)} items, {len(dataset.captions)} captions, "
+                         f"{len(dataset.video_ids)} videos")
+    lines.append(f"frames loaded per video: {params.num_input_frames(args)} at {args.image_size} px | "
+                 f"max words {args.max_words}")
+    lines.append(model.summary())
+    lines.append(tempme_configuration(args, model.tempme))
+    return "\n".join(lines)

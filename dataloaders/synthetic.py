@@ -29,7 +29,7 @@ import numpy as np
 
 logger = logging.getLogger("dataloaders")
 
-GENERATOR_VERSION = 1  # bump when the output changes, so caches are rebuilt
+GENERATOR_VERSION = 2  # bump when the output changes, so caches are rebuilt
 COLOURS = {"red": (225, 35, 35), "green": (35, 175, 55), "blue": (40, 80, 235),
            "yellow": (245, 225, 35), "purple": (150, 55, 205), "orange": (250, 140, 25)}
 SHAPES = ("circle", "square", "triangle", "cross")
@@ -40,6 +40,8 @@ FPS = 8
 TEMPLATES = ("a {colour} {shape} moving {motion} on a {background} background{event}",
              "a {background} background with a {colour} {shape} moving {motion}{event}")
 EVENT_SUFFIX = (" with {event}", " and {event}")
+TRAIL_LAGS = (0.9, 0.6, 0.3)      # radians of the motion cycle behind the current position
+TRAIL_ALPHAS = (0.15, 0.25, 0.4)
 
 
 def default_root() -> str:
@@ -152,14 +154,24 @@ def render(attributes: tuple[int, ...], num_frames: int, res: int,
     mask = _shape_mask(SHAPES[shape], size)
     amplitude = res / 2 - size / 2 - 1
     phase = rng.uniform(0, 2 * np.pi)
-    for t in range(num_frames):
-        theta = phase + 2 * np.pi * t / num_frames
+    colour_rgb = np.array(COLOURS[list(COLOURS)[colour]], dtype=np.float32)
+
+    def corner(theta: float) -> tuple[int, int]:
         dx, dy = {"horizontally": (np.sin(theta), 0.0), "vertically": (0.0, np.sin(theta)),
                   "diagonally": (np.sin(theta), np.sin(theta)),
                   "in a circle": (np.cos(theta), np.sin(theta))}[MOTIONS[motion]]
-        left = int(round(res / 2 + amplitude * dx - size / 2))
-        top = int(round(res / 2 + amplitude * dy - size / 2))
-        frames[t, top:top + size, left:left + size][mask] = COLOURS[list(COLOURS)[colour]]
+        return int(round(res / 2 + amplitude * dy - size / 2)), int(round(res / 2 + amplitude * dx - size / 2))
+
+    for t in range(num_frames):
+        theta = phase + 2 * np.pi * t / num_frames
+        # A fading motion trail (earlier positions, oldest faintest), like motion blur in real
+        # video: each frame alone shows the direction of motion, as the caption's motion word needs.
+        for lag, alpha in zip(TRAIL_LAGS, TRAIL_ALPHAS):
+            top, left = corner(theta - lag)
+            region = frames[t, top:top + size, left:left + size]
+            region[mask] = (region[mask] * (1 - alpha) + colour_rgb * alpha).astype(np.uint8)
+        top, left = corner(theta)
+        frames[t, top:top + size, left:left + size][mask] = colour_rgb.astype(np.uint8)
     event_frames: list[int] = []
     if event >= 0:
         length = 2 if num_frames < 24 else int(rng.integers(2, 4))

@@ -17,7 +17,7 @@ rate (share of test videos whose kept frames include one of their event frames; 
 the best checkpoint's compressor, or from the uniform sampling indices). Writes a JSON file and
 a PNG bar chart drawn with PIL.
 
-    python scripts/tempme_quality.py                       # full study: 3 seeds, ~40 min on 2 CPU cores
+    python scripts/tempme_quality.py --jobs 2 --threads 1  # full study: 3 seeds, ~60 min on a busy 2-core CPU
     python scripts/tempme_quality.py --quick               # 1 seed, small data, a few minutes
     python scripts/tempme_quality.py -- --num_workers 1    # flags after `--` go to every main.py run
 
@@ -91,7 +91,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
                         help=f"epochs of the uniform-8 base model (full: {FULL['base_epochs']})")
     parser.add_argument("--epochs", type=int, default=None,
                         help=f"fine-tuning epochs of every configuration (full: {FULL['epochs']})")
-    parser.add_argument("--num_videos", type=int, default=None, help=f"synthetic train videos (full: {FULL['num_videos']})")
+    parser.add_argument("--num_videos", type=int, default=None,
+                        help=f"synthetic train videos (full: {FULL['num_videos']})")
     parser.add_argument("--num_test_videos", type=int, default=None,
                         help=f"synthetic val and test videos each (full: {FULL['num_test_videos']})")
     parser.add_argument("--batch_size", type=int, default=16, help="fine-tuning batch size")
@@ -273,8 +274,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     if own.jobs > 1:
         with ProcessPoolExecutor(own.jobs, mp_context=get_context("spawn")) as pool:
-            base_rows = list(pool.map(run_one, bases, [own.threads] * len(bases)))
-            results = list(pool.map(run_one, [a for _, _, a in jobs], [own.threads] * len(jobs)))
+            base_futures = [pool.submit(run_one, a, own.threads) for a in bases]
+            futures = []
+            for seed, base in zip(own.seeds, base_futures):   # a seed's runs start once its base is done
+                base.result()
+                futures += [pool.submit(run_one, a, own.threads) for _, s, a in jobs if s == seed]
+            base_rows = [f.result() for f in base_futures]
+            results = [f.result() for f in futures]
     else:
         base_rows = [run_one(a, own.threads) for a in bases]
         results = [run_one(a, own.threads) for _, _, a in jobs]

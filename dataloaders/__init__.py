@@ -101,7 +101,8 @@ def build_dataset(args: argparse.Namespace, split: str, tokenizer: Tokenizer) ->
     reader = VideoReader(backend=args.video_backend, num_frames=num_input_frames(args),
                          image_size=args.image_size, max_seconds=args.video_max_seconds)
     dataset = RetrievalDataset(annotations, paths, name=args.dataset, split=split, tokenizer=tokenizer,
-                               max_words=args.max_words, reader=reader, train=split == "train")
+                               max_words=args.max_words, reader=reader, train=split == "train",
+                               random_frames=args.train_frame_sampling == "random")
     dataset.skipped_video_ids = skipped
     return dataset
 

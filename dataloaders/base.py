@@ -108,13 +108,17 @@ class RetrievalDataset(Dataset):
         reader: decodes T frames per video.
         train: TSN sampling, random caption per video where the parser asks for it, and
             replacement of unreadable videos; otherwise segment centres and zero frames.
+        random_frames: with `train`, TSN random offsets (True) or segment centres (False,
+            `--train_frame_sampling uniform`).
     """
 
     def __init__(self, annotations: Annotations, video_paths: list[str | None], *, name: str,
-                 split: str, tokenizer: Tokenizer, max_words: int, reader: VideoReader, train: bool):
+                 split: str, tokenizer: Tokenizer, max_words: int, reader: VideoReader, train: bool,
+                 random_frames: bool = True):
         if not annotations.captions:
             raise ValueError(f"{name} {split}: the annotation files give no captions")
         self.name, self.split, self.train = name, split, train
+        self.random_frames = random_frames  # train only: TSN offsets, else segment centres
         self.video_ids = annotations.video_ids
         self.captions = annotations.captions
         self.text_to_video = annotations.text_to_video
@@ -173,7 +177,7 @@ class RetrievalDataset(Dataset):
             if path is None:
                 raise VideoReadError(f"<{self.video_ids[video_index]}>", "missing: no video file with this id "
                                      "under --features_path")
-            video, mask = self.reader.read(path, train=train)
+            video, mask = self.reader.read(path, train=train and self.random_frames)
             return video, mask, True
         except (VideoReadError, OSError) as exc:
             video_id = self.video_ids[video_index]

@@ -232,3 +232,16 @@ def test_train_epoch_over_broken_folder_with_workers(broken_msrvtt):
     assert eval_sampler is None
     batch = next(iter(eval_loader))
     assert batch["video_ok"].tolist() == [0, 0] and batch["video_index"].tolist() == [0, 1]
+
+
+def test_uniform_train_frame_sampling_uses_segment_centres(msrvtt):
+    data, videos = msrvtt
+    ramp = np.repeat(np.arange(0, 240, 8, dtype=np.uint8)[:, None, None, None], 32, axis=1)
+    write_mp4(str(videos / "video0.mp4"), np.broadcast_to(ramp, (30, 32, 32, 3)).copy())  # frames differ
+    uniform = build_dataset(get_args("msrvtt", data, videos, "--train_frame_sampling", "uniform"), "train", tokenize)
+    centres, _, _ = uniform.load_video(0, train=False)
+    for _ in range(3):
+        frames, _, ok = uniform.load_video(0, train=True)
+        assert ok and torch.equal(frames, centres)
+    random = build_dataset(get_args("msrvtt", data, videos), "train", tokenize)
+    assert any(not torch.equal(random.load_video(0, train=True)[0], centres) for _ in range(8))

@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import statistics
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -33,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from modules.clip import load_clip_state_dict, random_clip_state_dict  # noqa: E402
 from modules.clip4clip import CLIP4Clip  # noqa: E402
+from scripts.benchmark_model import time_ms  # noqa: E402  (median ms, CUDA events on GPU)
 from params import get_args  # noqa: E402
 
 
@@ -92,30 +91,6 @@ def benchmark_video(batch: int, frames: int, size: int, device: torch.device) ->
     return video.to(device)
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_ms(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    """Median wall time of `fn` in ms after one warm-up call: CUDA events on GPU, perf_counter on CPU."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize(device)
-            times.append(start.elapsed_time(end))
-        else:
-            begin = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - begin) * 1e3)
-    return statistics.median(times)
-
-
 def count_gflops(fn: Callable[[], object]) -> float:
     """GFLOPs of one call (2 per multiply-add), with fused kernels disabled so all are counted."""
     fastpath = torch.backends.mha.get_fastpath_enabled()
@@ -148,9 +123,9 @@ def measure(setting: Setting, clip_state: dict[str, torch.Tensor], base_flags: l
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     frames_out = encode().float().sum(1).mean().item()
-    encode_ms = median_ms(encode, repeats, device) / batch
+    encode_ms = time_ms(encode, device, repeats) / batch
     peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 / batch if device.type == "cuda" else None
-    compressor_ms = median_ms(compress, repeats, device) / batch if model.tempme is not None else 0.0
+    compressor_ms = time_ms(compress, device, repeats) / batch if model.tempme is not None else 0.0
     gflops = count_gflops(encode) / batch
     return Row(setting.type, setting.ratio, setting.frames_in, frames_out, encode_ms, compressor_ms, gflops, peak)
 

@@ -61,7 +61,8 @@ FFT_FLOPS = {aten._fft_r2c: _r2c, aten._fft_c2r: _c2r, aten._fft_c2c: _c2c}
 
 def count_flops(fn: Callable[[], object], model: torch.nn.Module) -> tuple[int, dict[str, int]]:
     """Total FLOPs of `fn()` (a no-grad forward of `model`) and per-module totals."""
-    torch.backends.mha.set_fastpath_enabled(False)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # fused MHA kernels are invisible to the counter
     counter = FlopCounterMode(display=False, custom_mapping=FFT_FLOPS)
     # The counter's module tracker rejects views of trainable leaves made under no_grad
     # (the prompt tables), so parameters are frozen while counting.
@@ -71,6 +72,7 @@ def count_flops(fn: Callable[[], object], model: torch.nn.Module) -> tuple[int, 
         with sdpa_kernel(SDPBackend.MATH), counter:
             fn()
     finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
         for p in trainable:
             p.requires_grad_(True)
     per_module = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}

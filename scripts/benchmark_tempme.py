@@ -3,7 +3,8 @@
 For `none` and each compressor over a grid of input/output frame counts, measures per video:
 total visual encode time (compressor + STOP spatial prompt + prompted ViT, i.e.
 `CLIP4Clip.get_visual_output` on normalised frames), the compressor's time alone, frames kept,
-GFLOPs (`torch.utils.flop_counter`, fused attention forced to the math kernel so it is counted)
+GFLOPs (`scripts.benchmark_model.count_flops`: `torch.utils.flop_counter` with attention on the
+math kernel and the prompts' FFTs counted)
 and peak CUDA memory. Warm-up runs are excluded; times are medians over `--repeats`.
 
     python scripts/benchmark_tempme.py --device cpu --repeats 3 --json outputs/bench_tempme.json
@@ -24,14 +25,12 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from modules.clip import load_clip_state_dict, random_clip_state_dict  # noqa: E402
 from modules.clip4clip import CLIP4Clip  # noqa: E402
-from scripts.benchmark_model import time_ms  # noqa: E402  (median ms, CUDA events on GPU)
+from scripts.benchmark_model import count_flops, time_ms  # noqa: E402
 from params import get_args  # noqa: E402
 
 
@@ -91,18 +90,6 @@ def benchmark_video(batch: int, frames: int, size: int, device: torch.device) ->
     return video.to(device)
 
 
-def count_gflops(fn: Callable[[], object]) -> float:
-    """GFLOPs of one call (2 per multiply-add), with fused kernels disabled so all are counted."""
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-            fn()
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
-    return counter.get_total_flops() / 1e9
-
-
 def measure(setting: Setting, clip_state: dict[str, torch.Tensor], base_flags: list[str], batch: int,
             repeats: int, device: torch.device,
             autocast: Callable[[], contextlib.AbstractContextManager]) -> Row:
@@ -126,7 +113,7 @@ def measure(setting: Setting, clip_state: dict[str, torch.Tensor], base_flags: l
     encode_ms = time_ms(encode, device, repeats) / batch
     peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 / batch if device.type == "cuda" else None
     compressor_ms = time_ms(compress, device, repeats) / batch if model.tempme is not None else 0.0
-    gflops = count_gflops(encode) / batch
+    gflops = count_flops(encode, model)[0] / 1e9 / batch
     return Row(setting.type, setting.ratio, setting.frames_in, frames_out, encode_ms, compressor_ms, gflops, peak)
 
 

@@ -79,9 +79,11 @@ def count_flops(fn: Callable[[], object], model: torch.nn.Module) -> tuple[int, 
     return counter.get_total_flops(), per_module
 
 
-def time_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Median wall time of `fn()` in ms after one warm-up call (CUDA events on GPU)."""
-    fn()
+def times_ms(fn: Callable[[], object], device: torch.device, repeats: int, warmup: bool = True) -> list[float]:
+    """Wall time of each of `repeats` calls of `fn()` in ms, after one warm-up call unless
+    `warmup` is False (CUDA events on GPU, `time.perf_counter` on CPU)."""
+    if warmup:
+        fn()
     times = []
     for _ in range(repeats):
         if device.type == "cuda":
@@ -95,7 +97,12 @@ def time_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> flo
             t0 = time.perf_counter()
             fn()
             times.append(1000 * (time.perf_counter() - t0))
-    return statistics.median(times)
+    return times
+
+
+def time_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """Median wall time of `fn()` in ms after one warm-up call."""
+    return statistics.median(times_ms(fn, device, repeats))
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -4,21 +4,25 @@ For `none` and each compressor over a grid of input/output frame counts, measure
 total visual encode time (compressor + STOP spatial prompt + prompted ViT, i.e.
 `CLIP4Clip.get_visual_output` on normalised frames), the compressor's time alone, frames kept,
 GFLOPs (`scripts.benchmark_model.count_flops`: `torch.utils.flop_counter` with attention on the
-math kernel and the prompts' FFTs counted)
-and peak CUDA memory. Warm-up runs are excluded; times are medians over `--repeats`.
+math kernel and the prompts' FFTs counted) and, on CUDA, peak memory: what the encode allocates
+at its peak beyond what was allocated before it (weights and input excluded). Warm-up calls are
+excluded; times are medians over `--repeats`.
 
-    python scripts/benchmark_tempme.py --device cpu --repeats 3 --json outputs/bench_tempme.json
+    python scripts/benchmark_tempme.py --device cpu --repeats 5 --json outputs/bench_tempme.json
     python scripts/benchmark_tempme.py --device cuda --batch_size 32 --precision amp_bf16
 
-Each row is compared with the `none` row that loads the same number of input frames:
-`encode_ratio` and `gflops_ratio` are against that row, `compressor_share` is the
-compressor's time over that row's encode time.
+Each row is compared with the `none` row that loads the same number of input frames (columns
+time/none, flops/none; comp share is the compressor's time over that row's encode time). A
+shared CPU drifts by 10-20% within minutes, so rows are not timed in separate windows: each
+compressed row's encode is timed in alternation with its `none` row, and its `encode_ms` is the
+median of those paired ratios times the `none` row's median.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
+import statistics
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from modules.clip import load_clip_state_dict, random_clip_state_dict  # noqa: E402
 from modules.clip4clip import CLIP4Clip  # noqa: E402
-from scripts.benchmark_model import count_flops, time_ms  # noqa: E402
+from scripts.benchmark_model import count_flops, time_ms, times_ms  # noqa: E402
 from params import get_args  # noqa: E402
 
 
@@ -90,9 +94,16 @@ def benchmark_video(batch: int, frames: int, size: int, device: torch.device) ->
     return video.to(device)
 
 
-def measure(setting: Setting, clip_state: dict[str, torch.Tensor], base_flags: list[str], batch: int,
-            repeats: int, device: torch.device,
-            autocast: Callable[[], contextlib.AbstractContextManager]) -> Row:
+@dataclass
+class Encoder:
+    """One built configuration: its model and the two calls that are timed."""
+    model: CLIP4Clip
+    encode: Callable[[], torch.Tensor]  # frames -> frame mask after TempMe (full visual encode)
+    compress: Callable[[], object]      # TempMe alone
+
+
+def build_encoder(setting: Setting, clip_state: dict[str, torch.Tensor], base_flags: list[str], batch: int,
+                  device: torch.device, autocast: Callable[[], contextlib.AbstractContextManager]) -> Encoder:
     config = get_args(base_flags + setting.flags())
     # Inference only; parameters without grad also keep FlopCounterMode's module hooks quiet.
     model = CLIP4Clip(clip_state, config).to(device).eval().requires_grad_(False)
@@ -107,13 +118,30 @@ def measure(setting: Setting, clip_state: dict[str, torch.Tensor], base_flags: l
         with torch.no_grad(), autocast():
             return model.tempme(video, mask)
 
+    return Encoder(model, encode, compress)
+
+
+def measure(setting: Setting, encoder: Encoder, batch: int, repeats: int, device: torch.device,
+            reference: tuple[Callable[[], object], float] | None = None) -> Row:
+    """Row of `setting`. With `reference` (the `none` encode of the same input and its median ms),
+    the encode is timed in alternation with it and reported as the median of the paired time
+    ratios times the reference's ms, so machine-speed drift between rows cancels out."""
     if device.type == "cuda":
+        torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    frames_out = encode().float().sum(1).mean().item()
-    encode_ms = time_ms(encode, device, repeats) / batch
-    peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 / batch if device.type == "cuda" else None
-    compressor_ms = time_ms(compress, device, repeats) / batch if model.tempme is not None else 0.0
-    gflops = count_flops(encode, model)[0] / 1e9 / batch
+        allocated = torch.cuda.memory_allocated(device)
+    frames_out = encoder.encode().float().sum(1).mean().item()  # also the warm-up call
+    peak = (torch.cuda.max_memory_allocated(device) - allocated) / 2 ** 20 / batch if device.type == "cuda" else None
+    if reference is None:
+        encode_ms = time_ms(encoder.encode, device, repeats)
+    else:
+        reference_encode, reference_ms = reference
+        ratios = [times_ms(encoder.encode, device, 1, warmup=False)[0]
+                  / times_ms(reference_encode, device, 1, warmup=False)[0] for _ in range(repeats)]
+        encode_ms = statistics.median(ratios) * reference_ms
+    encode_ms /= batch
+    compressor_ms = time_ms(encoder.compress, device, repeats) / batch if encoder.model.tempme is not None else 0.0
+    gflops = count_flops(encoder.encode, encoder.model)[0] / 1e9 / batch
     return Row(setting.type, setting.ratio, setting.frames_in, frames_out, encode_ms, compressor_ms, gflops, peak)
 
 
@@ -171,8 +199,13 @@ def main(argv: list[str] | None = None) -> list[Row]:
           f"threads={torch.get_num_threads()}"
           + (f" gpu={torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""), flush=True)
     rows = []
+    references: dict[int, tuple[Callable[[], object], float]] = {}  # frames_in -> `none` encode, its ms
     for setting in grid:
-        rows.append(measure(setting, clip_state, base_flags, args.batch_size, args.repeats, device, autocast))
+        encoder = build_encoder(setting, clip_state, base_flags, args.batch_size, device, autocast)
+        row = measure(setting, encoder, args.batch_size, args.repeats, device, references.get(setting.frames_in))
+        if setting.type == "none":
+            references[setting.frames_in] = (encoder.encode, row.encode_ms * args.batch_size)
+        rows.append(row)
         print(f"  measured {setting.type} in={setting.frames_in} ratio={setting.ratio:.3f}", flush=True)
     print_table(rows)
     if args.json:

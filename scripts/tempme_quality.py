@@ -12,6 +12,8 @@ fine-tuning budget (`--epochs`, `--batch_size`, data, seed):
     adaptive   48 -> [4, 12] with AdaptiveTempMe              (content-dependent, ~8)
     uniform48  all 48 frames, no TempMe (upper bound)         (48)
 
+(ablation, only when named in `--configs`: `simple_noaux`, simple with `--tempme_aux_weight 0`)
+
 and reports, over seeds, test t2v/v2t R@1/R@5 (mean ± std), mean frames kept and the event hit
 rate (share of test videos whose kept frames include one of their event frames; computed from
 the best checkpoint's compressor, or from the uniform sampling indices). Writes a JSON file and
@@ -25,7 +27,8 @@ The model is `--demo`'s tiny random CLIP trained end-to-end, as plain CLIP4Clip 
 (`--prompt_mode none`) so the runs fit the CPU budget (STOP's per-frame prompt tables depend on
 `--max_frames`, so a uniform-8 base does not load into the 48-frame configurations). Each run
 lives in `<out_dir>/runs/<config>_s<seed>/`; a run whose folder already holds a test result
-for the same arguments is reused, so an interrupted study continues where it stopped.
+for the same arguments on the same synthetic clips (generator version included) is reused, so
+an interrupted study continues where it stopped.
 """
 from __future__ import annotations
 
@@ -69,6 +72,10 @@ CONFIGS: dict[str, list[str]] = {
                  "--tempme_max_output_frames", "12"],
     "uniform48": ["--max_frames", str(INPUT_FRAMES)],
 }
+# Selectable with --configs, not part of the default study: simple without the auxiliary
+# frame-selection loss, i.e. what the straight-through gate alone learns.
+ABLATIONS: dict[str, list[str]] = {"simple_noaux": CONFIGS["simple"] + ["--tempme_aux_weight", "0"]}
+RUN_FLAGS = {**CONFIGS, **ABLATIONS}
 METRICS = ("t2v_R1", "t2v_R5", "v2t_R1", "v2t_R5", "frames_kept", "event_hit")
 FULL = dict(seeds=[0, 1, 2], base_epochs=10, epochs=2, num_videos=400, num_test_videos=100)
 QUICK = dict(seeds=[0], base_epochs=1, epochs=1, num_videos=64, num_test_videos=20)
@@ -96,7 +103,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--num_test_videos", type=int, default=None,
                         help=f"synthetic val and test videos each (full: {FULL['num_test_videos']})")
     parser.add_argument("--batch_size", type=int, default=16, help="fine-tuning batch size")
-    parser.add_argument("--configs", nargs="+", choices=tuple(CONFIGS), default=list(CONFIGS))
+    parser.add_argument("--configs", nargs="+", choices=tuple(RUN_FLAGS), default=list(CONFIGS),
+                        help=f"configurations to train (ablations, not run by default: {', '.join(ABLATIONS)})")
     parser.add_argument("--out_dir", default="outputs/tempme_quality")
     parser.add_argument("--json", default=None, help="results file (default: <out_dir>/tempme_quality.json)")
     parser.add_argument("--png", default=None, help="bar chart (default: <out_dir>/tempme_quality.png)")
@@ -124,25 +132,31 @@ def run_argv(own: argparse.Namespace, extra: list[str], config: str, seed: int) 
         stage = ["--epochs", str(own.base_epochs), "--batch_size", str(BASE_BATCH), *CONFIGS["uniform8"]]
     else:
         stage = ["--epochs", str(own.epochs), "--batch_size", str(own.batch_size),
-                 "--init_model", os.path.join(runs, f"base_s{seed}", checkpoint.BEST), *CONFIGS[config]]
+                 "--init_model", os.path.join(runs, f"base_s{seed}", checkpoint.BEST), *RUN_FLAGS[config]]
     return ["--demo", "--no_progress", *STUDY_FLAGS, "--synthetic_num_frames", str(INPUT_FRAMES),
             "--synthetic_event_fraction", "1.0", "--synthetic_num_videos", str(own.num_videos),
             "--synthetic_num_test_videos", str(own.num_test_videos), "--seed", str(seed),
             "--output_dir", runs, "--run_name", f"{config}_s{seed}", *stage, *extra]
 
 
-def _finished_test_record(argv: list[str]) -> dict[str, Any] | None:
-    """The test record of a finished run with exactly these arguments, else None."""
+STUDY_RECORD = "study.json"  # in each run folder: the synthetic dataset folder the run used
+
+
+def _finished_test_record(argv: list[str], dataset_folder: str) -> dict[str, Any] | None:
+    """The test record of a finished run with exactly these arguments on this synthetic dataset
+    (its folder name hashes the generator version too), else None."""
     args = params.get_args(argv)
     run_dir = os.path.join(args.output_dir, args.run_name)
     try:
         with open(os.path.join(run_dir, "args.json")) as f:
             saved = json.load(f)
+        with open(os.path.join(run_dir, STUDY_RECORD)) as f:
+            used_folder = json.load(f)["dataset_folder"]
         with open(os.path.join(run_dir, "metrics.jsonl")) as f:
             records = [json.loads(line) for line in f if line.strip()]
-    except (OSError, ValueError):
+    except (OSError, ValueError, KeyError):
         return None
-    same = saved == json.loads(json.dumps(vars(args)))
+    same = saved == json.loads(json.dumps(vars(args))) and used_folder == dataset_folder
     tests = [r for r in records if r.get("split") == "test"]
     return tests[-1] if same and tests else None
 
@@ -188,10 +202,14 @@ def run_one(argv: list[str], threads: int) -> dict[str, Any]:
     import main  # the engine; imported here so a spawned worker loads it itself
 
     start = time.perf_counter()
-    test = _finished_test_record(argv)
+    dataset_folder = dataloaders.dataset_folders(params.get_args(argv))[0]
+    test = _finished_test_record(argv, dataset_folder)
     reused = test is not None
     if test is None:
         test = main.main(argv)["test"]
+        args = params.get_args(argv)
+        with open(os.path.join(args.output_dir, args.run_name, STUDY_RECORD), "w") as f:
+            json.dump({"dataset_folder": dataset_folder}, f)
     metrics = test["metrics"]
     return {"t2v_R1": metrics["t2v"]["R1"], "t2v_R5": metrics["t2v"]["R5"],
             "v2t_R1": metrics["v2t"]["R1"], "v2t_R5": metrics["v2t"]["R5"],
@@ -296,7 +314,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      "epochs": own.epochs, "num_videos": own.num_videos,
                      "num_test_videos": own.num_test_videos, "batch_size": own.batch_size,
                      "clip_frames": CLIP_FRAMES, "input_frames": INPUT_FRAMES, "extra_main_flags": extra},
-        "configs": {c: CONFIGS[c] for c in own.configs},
+        "configs": {c: RUN_FLAGS[c] for c in own.configs},
         "base_runs": [{"seed": s, **r} for s, r in zip(own.seeds, base_rows)],
         "runs": rows,
         "summary": summary,

@@ -31,10 +31,14 @@ def test_quick_study_writes_json_and_chart(tmp_path):
     image.verify()
     assert Image.open(out / "tempme_quality.png").size == (920, 460)
 
-    # A second call with the same arguments reuses the finished runs.
+    # A second call with the same arguments reuses the finished runs, unless a run was trained
+    # on other clips (e.g. an older synthetic generator version).
+    study = (out / "runs" / "uniform8_s0" / tempme_quality.STUDY_RECORD)
+    study.write_text(json.dumps({"dataset_folder": str(tmp_path / "synthetic" / "older_clips")}))
     again = tempme_quality.main(["--quick", "--num_videos", "8", "--num_test_videos", "4", "--epochs", "1",
                                  "--batch_size", "8", "--threads", "1", "--configs", "uniform8", "simple",
                                  "--out_dir", str(out), "--", "--synthetic_dir", str(tmp_path / "synthetic"),
                                  "--num_workers", "0", "--tempme_hidden_dim", "16"])
-    assert all(run["reused"] for run in again["runs"])
+    reused = {run["config"]: run["reused"] for run in again["runs"]}
+    assert reused == {"uniform8": False, "simple": True}
     assert again["summary"]["simple"] == result["summary"]["simple"]

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from scripts import benchmark_tempme, visualize_tempme
@@ -28,6 +29,33 @@ def test_benchmark_rows_schema_and_savings(tmp_path):
         assert row["frames_out"] == max(1, round(12 * row["ratio"])) < none["frames_out"]
         assert row["gflops"] < none["gflops"]
         assert row["compressor_ms"] > 0
+
+
+def test_compressed_rows_are_timed_as_paired_ratios_to_their_reference(monkeypatch):
+    """Each compressed row's encode_ms is median(own/reference per pair) x the reference median,
+    so a machine slowing down between rows does not move the ratio."""
+    def own_encode() -> torch.Tensor:
+        return torch.ones(1, 4)   # frame mask after TempMe: 4 frames kept
+
+    def reference_encode() -> torch.Tensor:
+        return torch.ones(1, 8)
+
+    timings = {own_encode: [10.0, 30.0, 20.0], reference_encode: [20.0, 20.0, 40.0]}  # ratios .5, 1.5, .5
+    calls = []
+
+    def fake_times_ms(fn, device, repeats, warmup=True):
+        calls.append(fn)
+        return [timings[fn].pop(0) for _ in range(repeats)]
+
+    monkeypatch.setattr(benchmark_tempme, "times_ms", fake_times_ms)
+    model = torch.nn.Linear(2, 2)
+    model.tempme = None
+    encoder = benchmark_tempme.Encoder(model, encode=own_encode, compress=lambda: None)
+    row = benchmark_tempme.measure(benchmark_tempme.Setting("simple", 8, 0.5), encoder, batch=2, repeats=3,
+                                   device=torch.device("cpu"), reference=(reference_encode, 100.0))
+    assert row.frames_out == 4
+    assert row.encode_ms == pytest.approx(0.5 * 100.0 / 2)   # median ratio x reference ms, per video
+    assert calls == [own_encode, reference_encode] * 3     # alternated, pair by pair
 
 
 @pytest.fixture(scope="module")

@@ -67,10 +67,10 @@ def cached_when_frozen(owner: nn.Module, name: str, params: list[torch.Tensor], 
     return cache[name][1]
 
 
-def _kernel_spectrum(weight: torch.Tensor, fh: int, fw: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _kernel_spectrum(weight: torch.Tensor, fh: int, fw: int) -> torch.Tensor:
     """2-D DFT (size fh x fw, one-sided along w) of the spatially flipped kernels.
 
-    weight `[C_out, C_in, kt, kh, kw]` -> (real, imag), each `[fh * (fw//2+1), C_out, kt * C_in]`.
+    weight `[C_out, C_in, kt, kh, kw]` -> complex `[fh * (fw//2+1), C_out, kt * C_in]`.
     Computed as two small real matmuls over the kh x kw support (an FFT of the zero-padded
     kernel would transform mostly zeros), already in the layout the channel mixing needs.
     """
@@ -89,7 +89,7 @@ def _kernel_spectrum(weight: torch.Tensor, fh: int, fw: int) -> tuple[torch.Tens
     basis_h = torch.cat([torch.cat([cos, sin], 1), torch.cat([-sin, cos], 1)], 0)   # [2 fh, 2 kh]
     spec = basis_h @ a.transpose(0, 1).reshape(2 * kh, fr * k.shape[-1])        # [2 fh, fr * M]
     spec = spec.view(2, fh * fr, c_out, kt * c_in)
-    return spec[0], spec[1]
+    return torch.complex(spec[0], spec[1])
 
 
 def fft_conv3d(x: torch.Tensor, conv: nn.Conv3d) -> torch.Tensor:
@@ -98,9 +98,10 @@ def fft_conv3d(x: torch.Tensor, conv: nn.Conv3d) -> torch.Tensor:
     x: `[N, C_in, T, H, W]` -> `[N, C_out, T, H, W]`, equal to `F.conv3d` up to float rounding.
     The two spatial axes use the convolution theorem (zero-padded to a fast length >= H + k_h - 1,
     so nothing wraps around); the few temporal taps are explicit. The channel (and tap) mixing
-    per frequency is two real batched matmuls (real and imaginary kernel parts against the
-    stacked real/imaginary input), so FLOP counters see its true cost. Runs in float32
-    (outside autocast): spectra need the range.
+    is one complex batched matmul over the frequencies: one small GEMM per frequency, so with
+    few frames its per-GEMM overhead, not its arithmetic, sets the cost, and a single complex
+    product has half the GEMMs of a real/imaginary pair. Runs in float32 (outside autocast):
+    spectra need the range.
     """
     kt, kh, kw = conv.kernel_size
     if conv.stride != (1, 1, 1) or conv.padding != (kt // 2, kh // 2, kw // 2) or not (kt % 2 and kh % 2 and kw % 2):
@@ -111,15 +112,12 @@ def fft_conv3d(x: torch.Tensor, conv: nn.Conv3d) -> torch.Tensor:
     with torch.autocast(device_type=x.device.type, enabled=False):
         spec = torch.fft.rfft2(F.pad(x.float(), (0, 0, 0, 0, kt // 2, kt // 2)), s=(fh, fw))
         fr = spec.shape[-1]
-        # [N, C_in, T+kt-1, fh, fr] complex -> [fh*fr, C_in, 2, N, T+kt-1] real
-        spec = torch.view_as_real(spec).permute(3, 4, 1, 5, 0, 2).reshape(fh * fr, c_in, 2, n, t + kt - 1)
-        taps = torch.stack([spec[..., a:a + t] for a in range(kt)], dim=1)   # [F, kt, C_in, 2, N, T]
-        taps = taps.view(fh * fr, kt * c_in, 2 * n * t)
-        k_re, k_im = cached_when_frozen(conv, "spectrum", [conv.weight], (fh, fw),
-                                        lambda: _kernel_spectrum(conv.weight.float(), fh, fw))
-        p_re = torch.bmm(k_re, taps).view(-1, c_out, 2, n, t)
-        p_im = torch.bmm(k_im, taps).view(-1, c_out, 2, n, t)
-        out = torch.complex(p_re[:, :, 0] - p_im[:, :, 1], p_re[:, :, 1] + p_im[:, :, 0])  # [F, C_out, N, T]
+        # [N, C_in, T+kt-1, fh, fr] -> [fh*fr, C_in, N, T+kt-1]
+        spec = spec.permute(3, 4, 1, 0, 2).reshape(fh * fr, c_in, n, t + kt - 1)
+        taps = torch.stack([spec[..., a:a + t] for a in range(kt)], dim=1)   # [F, kt, C_in, N, T]
+        kernel = cached_when_frozen(conv, "spectrum", [conv.weight], (fh, fw),
+                                    lambda: _kernel_spectrum(conv.weight.float(), fh, fw))
+        out = torch.bmm(kernel, taps.view(fh * fr, kt * c_in, n * t))              # [F, C_out, N*T]
         out = torch.fft.irfft2(out.view(fh, fr, c_out, n, t).permute(3, 2, 4, 0, 1), s=(fh, fw))
         out = out[..., kh // 2:kh // 2 + h, kw // 2:kw // 2 + w]
         if conv.bias is not None:

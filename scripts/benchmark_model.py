@@ -4,7 +4,8 @@ For one video of `--frames` frames (random CLIP of `--arch`, random pixels) it r
 - GFLOPs of the visual path, counted with `torch.utils.flop_counter` (2 per multiply-add)
   with attention forced to the math backend and `nn.MultiheadAttention`'s fast path off
   (fused kernels are invisible to the counter); FFTs, which the counter does not know, are
-  counted as 2.5 N log2 N (real) / 5 N log2 N (complex) per transform of N points;
+  counted as 2.5 N log2 N (real) / 5 N log2 N (complex) per transform of N points, and a
+  complex batched matmul (the prompts' channel mixing) as 8 FLOPs per multiply-add;
 - forward time (eval, no grad) and forward+backward time (train mode, gradient into the
   prompts) next to plain CLIP `encode_image` forward (frozen) and forward+backward (CLIP
   fine-tuned), wall clock on CPU, CUDA events on GPU, median of `--repeats`.
@@ -56,14 +57,23 @@ def _c2c(input_shape, dim, *args, out_shape=None, **kwargs) -> int:
     return _fft_flops(points, math.prod(input_shape) // points, True)
 
 
-FFT_FLOPS = {aten._fft_r2c: _r2c, aten._fft_c2r: _c2r, aten._fft_c2c: _c2c}
+def _bmm(a: torch.Tensor, b: torch.Tensor, *args, out_val=None, **kwargs) -> int:
+    """2 FLOPs per multiply-add, 8 for a complex one (4 real multiplies, 4 adds)."""
+    batch, m, k = a.shape
+    return (8 if a.is_complex() else 2) * batch * m * k * b.shape[-1]
+
+
+_bmm._get_raw = True  # the counter passes tensors, not shapes: the dtype is needed
+
+# Formulas the counter lacks (FFTs) or gets wrong (complex matmul, as in `stop.fft_conv3d`).
+FLOP_FORMULAS = {aten._fft_r2c: _r2c, aten._fft_c2r: _c2r, aten._fft_c2c: _c2c, aten.bmm: _bmm}
 
 
 def count_flops(fn: Callable[[], object], model: torch.nn.Module) -> tuple[int, dict[str, int]]:
     """Total FLOPs of `fn()` (a no-grad forward of `model`) and per-module totals."""
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # fused MHA kernels are invisible to the counter
-    counter = FlopCounterMode(display=False, custom_mapping=FFT_FLOPS)
+    counter = FlopCounterMode(display=False, custom_mapping=FLOP_FORMULAS)
     # The counter's module tracker rejects views of trainable leaves made under no_grad
     # (the prompt tables), so parameters are frozen while counting.
     trainable = [p for p in model.parameters() if p.requires_grad]

@@ -4,7 +4,7 @@ On the synthetic dataset with brief events (48-frame clips; every video carries 
 event and its test partner differs from it only by that event), per seed: first a base model is
 trained on 8 uniform frames (`base_s<seed>`, `--base_epochs`), then every configuration starts
 from it (`--init_model`, as when TempMe is added to a trained model) and gets the same
-fine-tuning budget (`--epochs`, `--batch_size`, data, seed):
+fine-tuning budget (`--epochs`, `--batch_size`, `--finetune_lr`, data, seed):
 
     uniform8   8 frames sampled uniformly, no TempMe          (8 frames reach CLIP)
     simple     48 -> 8 with SimpleTempMe (ratio 1/6)          (8)
@@ -19,7 +19,7 @@ rate (share of test videos whose kept frames include one of their event frames; 
 the best checkpoint's compressor, or from the uniform sampling indices). Writes a JSON file and
 a PNG bar chart drawn with PIL.
 
-    python scripts/tempme_quality.py --jobs 2 --threads 1  # full study: 3 seeds, ~60 min on a busy 2-core CPU
+    python scripts/tempme_quality.py --jobs 2 --threads 1  # full study: 3 seeds, ~35 min on an idle 2-core CPU
     python scripts/tempme_quality.py --quick               # 1 seed, small data, a few minutes
     python scripts/tempme_quality.py -- --num_workers 1    # flags after `--` go to every main.py run
 
@@ -103,6 +103,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--num_test_videos", type=int, default=None,
                         help=f"synthetic val and test videos each (full: {FULL['num_test_videos']})")
     parser.add_argument("--batch_size", type=int, default=16, help="fine-tuning batch size")
+    parser.add_argument("--finetune_lr", type=float, default=1e-4,
+                        help="learning rate of the model in fine-tuning (the base trains at --demo's 1e-3; "
+                             "the compressor always uses --tempme_lr 1e-2)")
     parser.add_argument("--configs", nargs="+", choices=tuple(RUN_FLAGS), default=list(CONFIGS),
                         help=f"configurations to train (ablations, not run by default: {', '.join(ABLATIONS)})")
     parser.add_argument("--out_dir", default="outputs/tempme_quality")
@@ -119,6 +122,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     for key in ("base_epochs", "epochs", "num_videos", "num_test_videos", "batch_size", "jobs"):
         if getattr(own, key) < 1:
             parser.error(f"--{key} must be >= 1, got {getattr(own, key)}")
+    if own.finetune_lr <= 0:
+        parser.error(f"--finetune_lr must be > 0, got {own.finetune_lr}")
     own.json = own.json or os.path.join(own.out_dir, "tempme_quality.json")
     own.png = own.png or os.path.join(own.out_dir, "tempme_quality.png")
     return own, argv[split_at + 1:]
@@ -131,7 +136,7 @@ def run_argv(own: argparse.Namespace, extra: list[str], config: str, seed: int) 
     if config == "base":
         stage = ["--epochs", str(own.base_epochs), "--batch_size", str(BASE_BATCH), *CONFIGS["uniform8"]]
     else:
-        stage = ["--epochs", str(own.epochs), "--batch_size", str(own.batch_size),
+        stage = ["--epochs", str(own.epochs), "--batch_size", str(own.batch_size), "--lr", str(own.finetune_lr),
                  "--init_model", os.path.join(runs, f"base_s{seed}", checkpoint.BEST), *RUN_FLAGS[config]]
     return ["--demo", "--no_progress", *STUDY_FLAGS, "--synthetic_num_frames", str(INPUT_FRAMES),
             "--synthetic_event_fraction", "1.0", "--synthetic_num_videos", str(own.num_videos),
@@ -304,6 +309,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results = [run_one(a, own.threads) for _, _, a in jobs]
     rows = [{"config": c, "seed": s, **r} for (c, s, _), r in zip(jobs, results)]
     summary = summarise(rows, own.configs)
+    base_summary = summarise([{"config": "base", **r} for r in base_rows], ["base"])["base"]
     command = "python scripts/tempme_quality.py " + shlex.join(list(sys.argv[1:] if argv is None else argv))
     result = {
         "command": command.strip(),
@@ -311,20 +317,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}",
         "minutes": round((time.perf_counter() - started) / 60, 1),
         "settings": {"seeds": own.seeds, "base_epochs": own.base_epochs, "base_batch_size": BASE_BATCH,
-                     "epochs": own.epochs, "num_videos": own.num_videos,
+                     "epochs": own.epochs, "finetune_lr": own.finetune_lr, "num_videos": own.num_videos,
                      "num_test_videos": own.num_test_videos, "batch_size": own.batch_size,
                      "clip_frames": CLIP_FRAMES, "input_frames": INPUT_FRAMES, "extra_main_flags": extra},
         "configs": {c: RUN_FLAGS[c] for c in own.configs},
         "base_runs": [{"seed": s, **r} for s, r in zip(own.seeds, base_rows)],
         "runs": rows,
         "summary": summary,
+        "base_summary": base_summary,
     }
     Path(own.json).parent.mkdir(parents=True, exist_ok=True)
     with open(own.json, "w") as f:
         json.dump(result, f, indent=1)
     bar_chart(summary, f"synthetic 48-frame clips with brief events, {len(own.seeds)} seed(s): test "
                        f"retrieval after {own.epochs} fine-tuning epochs from a uniform-8 base", own.png)
-    print(format_table(summary))
+    print(format_table({"base (uniform8, not fine-tuned)": base_summary, **summary}))
     print(f"wrote {own.json} and {own.png} ({result['minutes']} min)")
     return result
 

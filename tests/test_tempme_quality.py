@@ -27,6 +27,11 @@ def test_quick_study_writes_json_and_chart(tmp_path):
     for run in saved["runs"]:
         assert 0.0 <= run["t2v_R1"] <= run["t2v_R5"] <= 100.0
         assert not run["reused"]
+    assert set(saved["base_summary"]) == set(tempme_quality.METRICS)
+    assert saved["base_summary"]["frames_kept"]["mean"] == 8
+    # The base trains at --demo's learning rate, every configuration fine-tunes at --finetune_lr.
+    lr = {run: json.loads((out / "runs" / run / "args.json").read_text())["lr"] for run in ("base_s0", "simple_s0")}
+    assert lr == {"base_s0": 1e-3, "simple_s0": 1e-4}
     image = Image.open(out / "tempme_quality.png")
     image.verify()
     assert Image.open(out / "tempme_quality.png").size == (920, 460)

@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> dict:
              for key in ("spatial_prompt", "temporal_prompt", "prompt_generator")}
     parts["prompted ViT"] = stop_flops - sum(parts.values())
     result = {
-        "arch": args.arch, "frames": args.frames, "conv": "direct" if args.direct_conv else "fft", "device": str(device), "threads": torch.get_num_threads(),
+        "arch": args.arch, "frames": args.frames, "conv": "direct" if args.direct_conv else "fft",
+        "device": str(device), "threads": torch.get_num_threads(),
         "trainable_parameters": sum(p.numel() for g in stop.trainable_parameters().values() for _, p in g),
         "gflops": {"clip": clip_flops / 1e9, "stop": stop_flops / 1e9,
                    **{f"stop.{k}": v / 1e9 for k, v in parts.items()}},

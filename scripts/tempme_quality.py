@@ -20,7 +20,7 @@ the best checkpoint's compressor, or from the uniform sampling indices). Writes 
 a PNG bar chart drawn with PIL.
 
     python scripts/tempme_quality.py --jobs 2 --threads 1  # full study: 3 seeds, ~35 min on an idle 2-core CPU
-    python scripts/tempme_quality.py --quick               # 1 seed, small data, a few minutes
+    python scripts/tempme_quality.py --quick               # 1 seed, small data, about a minute
     python scripts/tempme_quality.py -- --num_workers 1    # flags after `--` go to every main.py run
 
 The model is `--demo`'s tiny random CLIP trained end-to-end, as plain CLIP4Clip meanP

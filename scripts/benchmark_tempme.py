@@ -123,9 +123,9 @@ def build_encoder(setting: Setting, clip_state: dict[str, torch.Tensor], base_fl
 
 def measure(setting: Setting, encoder: Encoder, batch: int, repeats: int, device: torch.device,
             reference: tuple[Callable[[], object], float] | None = None) -> Row:
-    """Row of `setting`. With `reference` (the `none` encode of the same input and its median ms),
-    the encode is timed in alternation with it and reported as the median of the paired time
-    ratios times the reference's ms, so machine-speed drift between rows cancels out."""
+    """Row of `setting`. With `reference` (the `none` encode of the same input and its median ms
+    per video), the encode is timed in alternation with it and reported as the median of the
+    paired time ratios times the reference's ms, so machine-speed drift between rows cancels out."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -133,13 +133,12 @@ def measure(setting: Setting, encoder: Encoder, batch: int, repeats: int, device
     frames_out = encoder.encode().float().sum(1).mean().item()  # also the warm-up call
     peak = (torch.cuda.max_memory_allocated(device) - allocated) / 2 ** 20 / batch if device.type == "cuda" else None
     if reference is None:
-        encode_ms = time_ms(encoder.encode, device, repeats)
+        encode_ms = time_ms(encoder.encode, device, repeats) / batch
     else:
         reference_encode, reference_ms = reference
         ratios = [times_ms(encoder.encode, device, 1, warmup=False)[0]
                   / times_ms(reference_encode, device, 1, warmup=False)[0] for _ in range(repeats)]
         encode_ms = statistics.median(ratios) * reference_ms
-    encode_ms /= batch
     compressor_ms = time_ms(encoder.compress, device, repeats) / batch if encoder.model.tempme is not None else 0.0
     gflops = count_flops(encoder.encode, encoder.model)[0] / 1e9 / batch
     return Row(setting.type, setting.ratio, setting.frames_in, frames_out, encode_ms, compressor_ms, gflops, peak)
@@ -199,12 +198,12 @@ def main(argv: list[str] | None = None) -> list[Row]:
           f"threads={torch.get_num_threads()}"
           + (f" gpu={torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""), flush=True)
     rows = []
-    references: dict[int, tuple[Callable[[], object], float]] = {}  # frames_in -> `none` encode, its ms
+    references: dict[int, tuple[Callable[[], object], float]] = {}  # frames_in -> `none` encode, its ms/video
     for setting in grid:
         encoder = build_encoder(setting, clip_state, base_flags, args.batch_size, device, autocast)
         row = measure(setting, encoder, args.batch_size, args.repeats, device, references.get(setting.frames_in))
         if setting.type == "none":
-            references[setting.frames_in] = (encoder.encode, row.encode_ms * args.batch_size)
+            references[setting.frames_in] = (encoder.encode, row.encode_ms)
         rows.append(row)
         print(f"  measured {setting.type} in={setting.frames_in} ratio={setting.ratio:.3f}", flush=True)
     print_table(rows)

@@ -148,10 +148,9 @@ def run_argv(own: argparse.Namespace, extra: list[str], config: str, seed: int) 
 STUDY_RECORD = "study.json"  # in each run folder: the synthetic dataset folder the run used
 
 
-def _finished_test_record(argv: list[str], dataset_folder: str) -> dict[str, Any] | None:
+def _finished_test_record(args: argparse.Namespace, dataset_folder: str) -> dict[str, Any] | None:
     """The test record of a finished run with exactly these arguments on this synthetic dataset
     (its folder name hashes the generator version too), else None."""
-    args = params.get_args(argv)
     run_dir = os.path.join(args.output_dir, args.run_name)
     try:
         with open(os.path.join(run_dir, "args.json")) as f:
@@ -208,12 +207,12 @@ def run_one(argv: list[str], threads: int) -> dict[str, Any]:
     import main  # the engine; imported here so a spawned worker loads it itself
 
     start = time.perf_counter()
-    dataset_folder = dataloaders.dataset_folders(params.get_args(argv))[0]
-    test = _finished_test_record(argv, dataset_folder)
+    args = params.get_args(argv)
+    dataset_folder = dataloaders.dataset_folders(args)[0]
+    test = _finished_test_record(args, dataset_folder)
     reused = test is not None
     if test is None:
         test = main.main(argv)["test"]
-        args = params.get_args(argv)
         with open(os.path.join(args.output_dir, args.run_name, STUDY_RECORD), "w") as f:
             json.dump({"dataset_folder": dataset_folder}, f)
     metrics = test["metrics"]

@@ -21,8 +21,8 @@ from torch.nn.parallel import DistributedDataParallel
 import dataloaders
 import params
 from modules import checkpoint, distributed, logger, optim
-from modules.clip4clip import CLIP4Clip
 from modules.evaluate import evaluate
+from modules.factory import build_loss, build_trained_model
 from modules.precision import build_scaler, resolve_precision
 from modules.tokenization import tokenize
 from modules.train import train_one_epoch
@@ -44,13 +44,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         logger.write_args(run_dir, args)
         # Rank 0 decides whether there is something to resume, every rank follows.
         resume_path = distributed.broadcast_object(checkpoint.resolve_resume(args.resume, run_dir))
+        # Every rank initialises the same model (seed first, build), then draws its own data
+        # randomness (seed by rank).
+        seed_everything(args.seed)
+        model = build_trained_model(args, args.init_model).to(device)
         seed_everything(args.seed + distributed.get_rank())
-
-        model = CLIP4Clip(checkpoint.load_clip_weights(args), args).to(device)
-        trainable = {name for group in model.trainable_parameters().values() for name, _ in group}
-        if args.init_model:
-            checkpoint.load_model_state(model, checkpoint.load_checkpoint(args.init_model)["model"], trainable,
-                                        source=f"--init_model {args.init_model}", require_all_trainable=False)
+        trainable = optim.trainable_names(model)
 
         train_loader, train_sampler = (dataloaders.build_dataloader(args, "train", tokenize) if args.do_train
                                        else (None, None))
@@ -92,7 +91,8 @@ def train_and_validate(args: Namespace, model: nn.Module, trainable: set[str], t
                        device: torch.device, precision: str) -> tuple[list[dict[str, Any]], int]:
     """The epoch loop: train, evaluate on val, log a metrics line, save latest (and best) checkpoint.
     Returns (this invocation's per-epoch records, best epoch of the whole run)."""
-    optimizer = optim.build_optimizer(model, model.trainable_parameters(), args)
+    optimizer = optim.build_optimizer(model, args)
+    loss_fn = build_loss(args)
     scaler = build_scaler(precision, device)
     steps_per_epoch = len(train_loader) // args.gradient_accumulation_steps
     if steps_per_epoch == 0:
@@ -119,7 +119,7 @@ def train_and_validate(args: Namespace, model: nn.Module, trainable: set[str], t
     for epoch in range(state.epoch, args.epochs):
         if hasattr(train_sampler, "set_epoch"):
             train_sampler.set_epoch(epoch)
-        stats = train_one_epoch(ddp_model, train_loader, optimizer, scaler, args, epoch=epoch,
+        stats = train_one_epoch(ddp_model, loss_fn, train_loader, optimizer, scaler, args, epoch=epoch,
                                 start_step=state.step, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                                 warmup_steps=warmup_steps, device=device, precision=precision,
                                 nonfinite_in_a_row=state.nonfinite_in_a_row)

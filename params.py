@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import argparse
 
-DATASETS = ("msrvtt", "msvd", "lsmdc", "activitynet", "didemo", "vatex", "synthetic")
-TEMPME_TYPES = ("simple", "basic", "adaptive")
-CLIP_ARCHS = ("ViT-B/32", "ViT-B/16", "ViT-L/14", "tiny")
+from dataloaders import DATASETS
+from modules.clip import CLIP_CONFIGS
+from modules.clip4clip import VIDEO_OUTPUTS
+from modules.stop import PROMPT_GENERATORS
+from modules.tempme import TEMPME_TYPES, TempMeConfig
+
+CLIP_ARCHS = tuple(CLIP_CONFIGS)
 
 # `--demo` switches to these values for every flag the user did not give explicitly:
 # the synthetic dataset and a small random-init CLIP trained end-to-end on CPU.
@@ -132,10 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bool(model, "--train_clip", False, "fine-tune CLIP itself (lr * coef_lr)")
     model.add_argument("--prompt_mode", choices=("stop", "none"), default="stop",
                        help="none: plain CLIP4Clip meanP (zero-shot / baselines)")
-    model.add_argument("--video_output", choices=("global_prompt0", "mean_cls"), default="global_prompt0")
+    model.add_argument("--video_output", choices=VIDEO_OUTPUTS, default="global_prompt0")
 
     stop = parser.add_argument_group("STOP prompts")
-    stop.add_argument("--prompt_generator", choices=("transformer", "linear"), default="transformer")
+    stop.add_argument("--prompt_generator", choices=PROMPT_GENERATORS, default="transformer")
     stop.add_argument("--num_global_prompts", type=int, default=4)
     stop.add_argument("--num_local_prompts", type=int, default=4, help="local visual prompts per frame")
     stop.add_argument("--num_text_prompts", type=int, default=8, help="deep text prompts (half prefix, half postfix)")
@@ -167,9 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     tempme.add_argument("--tempme_max_output_frames", type=int, default=16, help="adaptive: most frames kept")
     tempme.add_argument("--tempme_lr", type=float, default=1e-3, help="learning rate of the compressor")
     tempme.add_argument("--tempme_aux_weight", type=float, default=1.0,
-                        help="weight of the auxiliary loss teaching the compressor's frame scores the "
-                             "text-frame similarity of plain CLIP (0 = off); costs one extra no-grad CLIP "
-                             "pass over every input frame per training step")
+                        help="weight of the auxiliary loss teaching the compressor's frame scores each "
+                             "frame's distinctiveness among its video's frames in plain-CLIP space (0 = off); "
+                             "costs one extra no-grad CLIP pass over every input frame per training step")
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=int, default=5)
@@ -186,9 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     positive = ("max_words", "max_frames", "image_size", "batch_size", "batch_size_val", "epochs",
-                "gradient_accumulation_steps", "tempme_hidden_dim", "tempme_input_frames",
-                "tempme_output_frames", "tempme_num_layers", "tempme_max_input_frames",
-                "tempme_min_output_frames", "tempme_max_output_frames", "adapter_dim",
+                "gradient_accumulation_steps", "adapter_dim",
                 "num_local_prompts", "num_global_prompts", "spatial_topk", "max_nonfinite_steps",
                 "synthetic_num_videos", "synthetic_num_test_videos", "synthetic_num_frames",
                 "synthetic_resolution")
@@ -211,8 +213,11 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
     for name in ("warmup_proportion", "spatial_dropout", "synthetic_event_fraction"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             parser.error(f"--{name} must be in [0, 1], got {getattr(args, name)}")
-    # TempMe value ranges (ratio, output <= input, min <= max) are checked by
-    # modules.tempme.get_tempme_model, the one place that turns them into a compressor.
+    if args.use_tempme:
+        try:
+            TempMeConfig.from_flags(args).validate()   # the compressor's own checks, at parse time
+        except ValueError as exc:
+            parser.error(str(exc))
     if args.resume == "auto" and args.run_name is None:
         parser.error("--resume auto needs --run_name: it resumes outputs/<run_name>/latest.pt")
     if args.dataset != "synthetic" and (args.do_train or args.do_eval):
@@ -234,12 +239,6 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def num_input_frames(args: argparse.Namespace) -> int:
-    """Frames the data loader reads per video: what TempMe (if on) takes as input, else what CLIP sees.
-
-    The single place mapping the TempMe configuration to the number of decoded frames.
-    """
-    if not args.use_tempme or args.tempme_type == "simple":
-        return args.max_frames
-    if args.tempme_type == "basic":
-        return args.tempme_input_frames
-    return args.tempme_max_input_frames
+    """Frames the data loader reads per video: what TempMe (if on) takes as input, else what
+    CLIP sees (`TempMeConfig.num_input_frames`)."""
+    return TempMeConfig.from_flags(args).num_input_frames

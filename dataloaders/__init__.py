@@ -7,7 +7,7 @@ Public API
     `video` uint8 [T, 3, S, S], `video_mask` long [T] (1 = real frame), `video_id` str,
     `video_index` int, `caption_index` int, `video_ok` int (0: `video` is a zero stand-in for an
     unreadable/missing file), `num_bad_videos` int (bad videos met for this item; in training
-    they were replaced by other items). T = `params.num_input_frames(args)`, S = --image_size.
+    they were replaced by other items). T = `TempMeConfig.from_flags(args).num_input_frames`, S = --image_size.
     Train: one item per caption (one per video with a random caption for MSR-VTT without
     --expand_msrvtt_sentences), TSN frame sampling. Val/test: one item per caption, segment centres.
     Attributes: `video_ids` (unique videos of the split, in order), `captions`, `text_to_video`
@@ -35,19 +35,20 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
-from params import num_input_frames
+from modules.tempme import TempMeConfig
 
 from . import activitynet, didemo, lsmdc, msrvtt, msvd, synthetic, vatex
 from .base import Annotations, RetrievalDataset, Tokenizer, video_file_index
 from .video_reader import CLIP_MEAN, CLIP_STD, VideoReader, VideoReadError, normalize_video
 
-__all__ = ["build_dataset", "build_dataloader", "make_loader", "RetrievalDataset", "VideoReader",
+__all__ = ["DATASETS", "build_dataset", "build_dataloader", "make_loader", "RetrievalDataset", "VideoReader",
            "VideoReadError", "normalize_video", "CLIP_MEAN", "CLIP_STD", "PARSERS"]
 
 logger = logging.getLogger("dataloaders")
 SPLITS = ("train", "val", "test")
 PARSERS = {"msrvtt": msrvtt, "msvd": msvd, "lsmdc": lsmdc, "activitynet": activitynet,
            "didemo": didemo, "vatex": vatex}
+DATASETS = (*PARSERS, "synthetic")
 
 
 def dataset_folders(args: argparse.Namespace) -> tuple[str, str]:
@@ -98,7 +99,7 @@ def build_dataset(args: argparse.Namespace, split: str, tokenizer: Tokenizer) ->
     if missing:
         logger.warning("%s %s: %d of %d videos have no file under %s (run python -m dataloaders.check)",
                        args.dataset, split, missing, len(paths), features_path)
-    reader = VideoReader(backend=args.video_backend, num_frames=num_input_frames(args),
+    reader = VideoReader(backend=args.video_backend, num_frames=TempMeConfig.from_flags(args).num_input_frames,
                          image_size=args.image_size, max_seconds=args.video_max_seconds)
     dataset = RetrievalDataset(annotations, paths, name=args.dataset, split=split, tokenizer=tokenizer,
                                max_words=args.max_words, reader=reader, train=split == "train",
@@ -141,7 +142,7 @@ def make_loader(dataset: Dataset, args: argparse.Namespace, train: bool) -> tupl
     drop_last = train and len(dataset) // world >= batch_size
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
                         num_workers=args.num_workers, pin_memory=torch.cuda.is_available(),
-                        persistent_workers=args.num_workers > 0, worker_init_fn=seed_worker)
+                        persistent_workers=train and args.num_workers > 0, worker_init_fn=seed_worker)
     return loader, sampler
 
 

@@ -25,6 +25,20 @@ log = logging.getLogger(__name__)
 
 LATEST = "latest.pt"
 BEST = "best.pt"
+# Parameter names of checkpoints written before the model took built parts (2026-12): the
+# compressor was `tempme.*` and STOP's prompt modules sat at the top level.
+_RENAMED_PREFIXES = (("tempme.", "tempme_compressor."), ("prompt_generator.", "prompts.prompt_generator."),
+                     ("global_prompts", "prompts.global_prompts"), ("spatial_prompt.", "prompts.spatial_prompt."),
+                     ("temporal_prompt.", "prompts.temporal_prompt."))
+
+
+def _current_name(key: str) -> str:
+    """A state-dict key with `module.` (DDP) stripped and an old parameter name renamed."""
+    key = key.removeprefix("module.")
+    for old, new in _RENAMED_PREFIXES:
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
 
 
 def clip_weights_path(args: Namespace) -> str:
@@ -109,7 +123,7 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     if "model" not in checkpoint:  # a bare state dict of trained weights
         checkpoint = {"model": checkpoint}
-    checkpoint["model"] = {k.removeprefix("module."): v for k, v in checkpoint["model"].items()}
+    checkpoint["model"] = {_current_name(k): v for k, v in checkpoint["model"].items()}
     return checkpoint
 
 

@@ -12,22 +12,16 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
-from torch.utils.data.distributed import DistributedSampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from dataloaders import make_loader
 from modules import distributed
 from modules.metrics import compute_dsl_metrics, compute_metrics
 from modules.precision import autocast
 
 # Texts per similarity chunk: bounds the [chunk, Nv] block computed on the device at once.
 SIM_CHUNK = 1024
-
-
-def _loader(dataset: Dataset, args: Namespace) -> DataLoader:
-    sampler = DistributedSampler(dataset, shuffle=False) if distributed.is_distributed() else None
-    return DataLoader(dataset, batch_size=args.batch_size_val, sampler=sampler, shuffle=False,
-                      num_workers=args.num_workers, pin_memory=torch.cuda.is_available())
 
 
 def _assemble(local: torch.Tensor, indices: torch.Tensor, total: int) -> torch.Tensor:
@@ -86,10 +80,11 @@ def evaluate(model: nn.Module, dataset: Any, args: Namespace, device: torch.devi
         return (emb, mask_out.sum(1), batch["video_mask"].to(device).sum(1),
                 batch["video_ok"].to(device))
 
-    (text_local,), text_idx, text_seconds = _encode(_loader(dataset.text_dataset(), args), "caption_index",
-                                                    encode_texts, "encode texts", quiet)
-    video_columns, video_idx, video_seconds = _encode(_loader(dataset.video_dataset(), args), "video_index",
-                                                      encode_videos, "encode videos", quiet)
+    text_loader, _ = make_loader(dataset.text_dataset(), args, train=False)
+    video_loader, _ = make_loader(dataset.video_dataset(), args, train=False)
+    (text_local,), text_idx, text_seconds = _encode(text_loader, "caption_index", encode_texts, "encode texts", quiet)
+    video_columns, video_idx, video_seconds = _encode(video_loader, "video_index", encode_videos, "encode videos",
+                                                      quiet)
     text_emb = _assemble(text_local, text_idx, num_texts)
     video_emb, kept, real, ok = (_assemble(col, video_idx, num_videos) for col in video_columns)
 

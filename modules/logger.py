@@ -10,6 +10,7 @@ import os
 import sys
 import time
 from argparse import Namespace
+from collections import defaultdict
 from typing import Any
 
 import torch
@@ -92,6 +93,30 @@ def format_metrics_table(title: str, result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _summary_row(name: str) -> str:
+    """Parameter name -> its row in `parameter_summary` (CLIP towers, adapters, STOP parts, TempMe)."""
+    parts = name.split(".")
+    if parts[0] == "clip":
+        if ".adapter." in name:
+            return f"adapters ({'visual' if parts[1] == 'visual' else 'text'})"
+        return {"visual": "clip.visual", "logit_scale": "clip.logit_scale"}.get(parts[1], "clip.text")
+    return ".".join(parts[:2]) if parts[0] == "prompts" and len(parts) > 2 else parts[0]
+
+
+def parameter_summary(model: nn.Module) -> str:
+    """Start-up table of trainable / frozen parameter counts per module, with the total."""
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for name, param in model.named_parameters():
+        counts[_summary_row(name)][0 if param.requires_grad else 1] += param.numel()
+    width = max(len(k) for k in counts) + 2
+    lines = [f"{'module':<{width}}{'trainable':>14}{'frozen':>14}"]
+    for key, (trainable, frozen) in counts.items():
+        lines.append(f"{key:<{width}}{trainable:>14,}{frozen:>14,}")
+    total_t, total_f = sum(c[0] for c in counts.values()), sum(c[1] for c in counts.values())
+    lines.append(f"{'total':<{width}}{total_t:>14,}{total_f:>14,}")
+    return "\n".join(lines)
+
+
 def tempme_configuration(args: Namespace, compressor: nn.Module | None) -> str:
     """The `TempMe Configuration: ...` start-up line: type, frames in/out, size of the compressor."""
     if compressor is None:
@@ -123,6 +148,6 @@ def format_startup(args: Namespace, run_dir: str, device: torch.device, precisio
                          f"{len(dataset.video_ids)} videos")
     lines.append(f"frames loaded per video: {params.num_input_frames(args)} at {args.image_size} px | "
                  f"max words {args.max_words}")
-    lines.append(model.summary())
-    lines.append(tempme_configuration(args, model.tempme))
+    lines.append(parameter_summary(model))
+    lines.append(tempme_configuration(args, model.tempme_compressor))
     return "\n".join(lines)

@@ -16,6 +16,29 @@ ADAMW_EPS = 1e-6
 _NO_DECAY_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.Embedding)
 
 
+def parameter_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
+    """The model's trainable (name, parameter) pairs by optimiser group: "tempme" (the
+    compressor, `tempme_compressor.*`), "clip" (CLIP's own weights, with `--train_clip`) and
+    "stop" (prompts, generators, the adapters inside CLIP's blocks). Empty groups are left out."""
+    groups: dict[str, list[tuple[str, nn.Parameter]]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if name.startswith("tempme_compressor."):
+            group = "tempme"
+        elif name.startswith("clip.") and ".adapter." not in name:
+            group = "clip"
+        else:
+            group = "stop"
+        groups.setdefault(group, []).append((name, param))
+    return groups
+
+
+def trainable_names(model: nn.Module) -> set[str]:
+    """Names of every parameter the optimiser trains (what checkpoints hold)."""
+    return {name for group in parameter_groups(model).values() for name, _ in group}
+
+
 def group_learning_rates(args: Namespace) -> dict[str, float]:
     """Base lr of each trainable group: STOP prompts/adapters, CLIP itself, TempMe."""
     return {"stop": args.lr, "clip": args.lr * args.coef_lr, "tempme": args.tempme_lr}
@@ -37,9 +60,8 @@ def _no_decay_names(model: nn.Module) -> set[str]:
     return names
 
 
-def build_optimizer(model: nn.Module, groups: dict[str, list[tuple[str, nn.Parameter]]],
-                    args: Namespace) -> torch.optim.AdamW:
-    """AdamW over `groups` (the model's `trainable_parameters()`), split into decay / no-decay.
+def build_optimizer(model: nn.Module, args: Namespace) -> torch.optim.AdamW:
+    """AdamW over the model's `parameter_groups`, each split into decay / no-decay.
 
     Each param group records `name`, `base_lr` (what `set_learning_rate` scales) and its
     weight decay (`--weight_decay` or 0).
@@ -47,11 +69,9 @@ def build_optimizer(model: nn.Module, groups: dict[str, list[tuple[str, nn.Param
     base_lrs = group_learning_rates(args)
     no_decay = _no_decay_names(model)
     param_groups = []
-    for group_name, named_params in groups.items():
-        if group_name not in base_lrs:
-            raise ValueError(f"unknown trainable group {group_name!r}; expected one of {sorted(base_lrs)}")
+    for group_name, named_params in parameter_groups(model).items():
         for decay in (True, False):
-            params = [p for n, p in named_params if (n not in no_decay) == decay and p.requires_grad]
+            params = [p for n, p in named_params if (n not in no_decay) == decay]
             if params:
                 param_groups.append({"params": params, "name": f"{group_name}/{'decay' if decay else 'no_decay'}",
                                      "base_lr": base_lrs[group_name], "lr": base_lrs[group_name],

@@ -1,6 +1,7 @@
 """STOP: spatial-temporal prompting of a frozen CLIP (DESIGN.md section 4).
 
-Building blocks used by `modules/clip4clip.py`:
+`StopPrompts` (built from a `StopConfig`) is what `CLIP4Clip` holds: the prompt modules and the
+prompted forward passes of both towers. Its building blocks:
 
 - `TransformerPromptGenerator` / `LinearPromptGenerator`: the unified (DGL-style) generator of
   deep text prompts `[Lyr, n_t, Wt]` and per-frame local visual prompts `[Lyr, R, n_l, W]`.
@@ -11,118 +12,27 @@ Building blocks used by `modules/clip4clip.py`:
   token sequences (no second copy of the block), the visual one with the block-structured
   attention of DESIGN 4.5 as a batch of short sequences.
 
-Cost: every 3-D convolution of the prompts runs as an exact FFT convolution over its two
-spatial axes with explicit temporal taps (`fft_conv3d`); the reference code's direct 3-D convs
-were ~170 of its ~317 visual GFLOPs. The parameters stay `nn.Conv3d` modules. Values that
-depend only on parameters (generator output, kernel spectra) are cached while no gradient is
-recorded (`cached_when_frozen`).
+Cost: every 3-D convolution of the prompts runs as an exact FFT convolution
+(`modules.fft_conv.fft_conv3d`); the parameters stay `nn.Conv3d` modules. The generator's
+output depends only on parameters and is cached while no gradient is recorded.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from modules.clip import CLIP, Attention, AttentionCore, QuickGELU, ResidualAttentionBlock, VisionTransformer
+from modules.fft_conv import cached_when_frozen, fft_conv3d
 
 # Hidden sizes of the reference code's prompt networks (DESIGN 4.3 / 4.4).
 SPATIAL_KERNEL = (3, 11, 11)
 SCORER_KERNEL = (5, 11, 11)
 VARIATION_KERNEL = (5, 11, 11)
 INTER_KERNEL = (3, 15, 25)
-
-
-# --------------------------------------------------------------------------------------------
-# Exact FFT convolution
-# --------------------------------------------------------------------------------------------
-
-def fast_fft_size(n: int) -> int:
-    """Smallest integer >= n whose prime factors are 2, 3 and 5 (fast FFT lengths)."""
-    while True:
-        m = n
-        for p in (2, 3, 5):
-            while m % p == 0:
-                m //= p
-        if m == 1:
-            return n
-        n += 1
-
-
-def cached_when_frozen(owner: nn.Module, name: str, params: list[torch.Tensor], extra: tuple, compute):
-    """`compute()` of values that depend only on `params`, reused on `owner` while no gradient
-    is recorded for them (evaluation) and they are unchanged.
-
-    The key holds each parameter's storage and in-place version counter (bumped by optimiser
-    steps and `load_state_dict`) plus `extra` (sizes, autocast state), so a stale value is
-    never returned. With gradients on, the value is computed afresh (and not stored).
-    """
-    if torch.is_grad_enabled() and any(p.requires_grad for p in params):
-        return compute()
-    key = (tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params), extra)
-    cache = owner.__dict__.setdefault("_frozen_cache", {})
-    if name not in cache or cache[name][0] != key:
-        cache[name] = (key, compute())
-    return cache[name][1]
-
-
-def _kernel_spectrum(weight: torch.Tensor, fh: int, fw: int) -> torch.Tensor:
-    """2-D DFT (size fh x fw, one-sided along w) of the spatially flipped kernels.
-
-    weight `[C_out, C_in, kt, kh, kw]` -> complex `[fh * (fw//2+1), C_out, kt * C_in]`.
-    Computed as two small real matmuls over the kh x kw support (an FFT of the zero-padded
-    kernel would transform mostly zeros), already in the layout the channel mixing needs.
-    """
-    c_out, c_in, kt, kh, kw = weight.shape
-    fr = fw // 2 + 1
-    k = weight.flip(-1, -2).permute(3, 4, 0, 2, 1).reshape(kh, kw, -1)   # [kh, kw, M], M = (C_out, kt, C_in)
-    ang_w = (2 * math.pi / fw) * torch.outer(torch.arange(kw, device=weight.device, dtype=weight.dtype),
-                                             torch.arange(fr, device=weight.device, dtype=weight.dtype))
-    # Along w: A = sum_b k[:, b] e^{-i ang}, as [kh, 2 (re, im), fr, M].
-    basis_w = torch.stack([ang_w.cos(), -ang_w.sin()])                        # [2, kw, fr]
-    a = torch.einsum("cbw,abm->acwm", basis_w, k)
-    # Along h: (cos - i sin)(A_re + i A_im) -> [[cos, sin], [-sin, cos]] @ [A_re; A_im].
-    ang_h = (2 * math.pi / fh) * torch.outer(torch.arange(fh, device=weight.device, dtype=weight.dtype),
-                                             torch.arange(kh, device=weight.device, dtype=weight.dtype))
-    cos, sin = ang_h.cos(), ang_h.sin()
-    basis_h = torch.cat([torch.cat([cos, sin], 1), torch.cat([-sin, cos], 1)], 0)   # [2 fh, 2 kh]
-    spec = basis_h @ a.transpose(0, 1).reshape(2 * kh, fr * k.shape[-1])        # [2 fh, fr * M]
-    spec = spec.view(2, fh * fr, c_out, kt * c_in)
-    return torch.complex(spec[0], spec[1])
-
-
-def fft_conv3d(x: torch.Tensor, conv: nn.Conv3d) -> torch.Tensor:
-    """`conv(x)` for a stride-1, "same"-padded `nn.Conv3d` with odd kernel, computed by FFT.
-
-    x: `[N, C_in, T, H, W]` -> `[N, C_out, T, H, W]`, equal to `F.conv3d` up to float rounding.
-    The two spatial axes use the convolution theorem (zero-padded to a fast length >= H + k_h - 1,
-    so nothing wraps around); the few temporal taps are explicit. The channel (and tap) mixing
-    is one complex batched matmul over the frequencies: one small GEMM per frequency, so with
-    few frames its per-GEMM overhead, not its arithmetic, sets the cost, and a single complex
-    product has half the GEMMs of a real/imaginary pair. Runs in float32 (outside autocast):
-    spectra need the range.
-    """
-    kt, kh, kw = conv.kernel_size
-    if conv.stride != (1, 1, 1) or conv.padding != (kt // 2, kh // 2, kw // 2) or not (kt % 2 and kh % 2 and kw % 2):
-        raise ValueError(f"fft_conv3d needs a stride-1 'same' convolution with odd kernel, got {conv}")
-    n, c_in, t, h, w = x.shape
-    c_out = conv.out_channels
-    fh, fw = fast_fft_size(h + kh - 1), fast_fft_size(w + kw - 1)
-    with torch.autocast(device_type=x.device.type, enabled=False):
-        spec = torch.fft.rfft2(F.pad(x.float(), (0, 0, 0, 0, kt // 2, kt // 2)), s=(fh, fw))
-        fr = spec.shape[-1]
-        # [N, C_in, T+kt-1, fh, fr] -> [fh*fr, C_in, N, T+kt-1]
-        spec = spec.permute(3, 4, 1, 0, 2).reshape(fh * fr, c_in, n, t + kt - 1)
-        taps = torch.stack([spec[..., a:a + t] for a in range(kt)], dim=1)   # [F, kt, C_in, N, T]
-        kernel = cached_when_frozen(conv, "spectrum", [conv.weight], (fh, fw),
-                                    lambda: _kernel_spectrum(conv.weight.float(), fh, fw))
-        out = torch.bmm(kernel, taps.view(fh * fr, kt * c_in, n * t))              # [F, C_out, N*T]
-        out = torch.fft.irfft2(out.view(fh, fr, c_out, n, t).permute(3, 2, 4, 0, 1), s=(fh, fw))
-        out = out[..., kh // 2:kh // 2 + h, kw // 2:kw // 2 + w]
-        if conv.bias is not None:
-            out = out + conv.bias.float().view(1, -1, 1, 1, 1)
-    return out
 
 
 def _zero_masked_frames(x: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
@@ -435,3 +345,129 @@ def prompted_text_forward(clip: CLIP, input_ids: torch.Tensor, text_prompts: tor
         words = x[:, :length]
     eot = words[torch.arange(b, device=words.device), input_ids.argmax(dim=-1)]
     return clip.ln_final(eot) @ clip.text_projection
+
+
+# --------------------------------------------------------------------------------------------
+# The assembled STOP prompts
+# --------------------------------------------------------------------------------------------
+
+PROMPT_GENERATORS = ("transformer", "linear")
+
+
+@dataclass
+class StopConfig:
+    """STOP's prompt modules (the flags of the "STOP prompts" group in `params.py`), plus
+    `prompt_frames`: rows of the per-frame prompt tables, the most frames that reach CLIP."""
+    prompt_generator: str = "transformer"
+    num_global_prompts: int = 4
+    num_local_prompts: int = 4
+    num_text_prompts: int = 8
+    text_postfix_before_eot: bool = False
+    spatial_prompt: bool = True
+    temporal_prompt: bool = True
+    spatial_topk: int = 6
+    prompt_scale: float = 0.05
+    spatial_dropout: float = 0.5
+    adapter: bool = True
+    adapter_dim: int = 32
+    adapter_scale: float = 0.1
+    prompt_frames: int = 12
+
+
+def add_adapters(clip: CLIP, dim: int, scale: float) -> None:
+    """Give every residual block of both towers a fresh bottleneck adapter (DESIGN 4.6)."""
+    for tower in (clip.visual.transformer, clip.transformer):
+        for block in tower.resblocks:
+            block.adapter = Adapter(tower.width, dim, scale)
+
+
+def prompt_rows(indices: torch.Tensor | None, num_frames: int, input_frames: int, rows: int,
+                device: torch.device) -> torch.Tensor:
+    """Which row of the prompt generator's per-frame prompts each frame reaching CLIP uses.
+
+    Without TempMe (indices None) frame t uses row t. With TempMe, output frame j came from
+    input frame `indices[b, j]` of `input_frames`; it uses the row at the same relative time,
+    `round(idx * (rows - 1) / (input_frames - 1))`, so when the compressor keeps a subset of
+    the frames a baseline STOP model was trained on, each kept frame gets exactly the prompt it
+    had there. Padding (-1) uses row 0 (padded frames are masked everywhere).
+    Returns `[T]` or `[B, T]` long.
+    """
+    if indices is None:
+        if num_frames > rows:
+            raise ValueError(f"{num_frames} frames reach CLIP but the prompt generator has rows for {rows}; "
+                             f"raise --max_frames to at least {num_frames}")
+        return torch.arange(num_frames, device=device)
+    scale = (rows - 1) / max(input_frames - 1, 1)
+    return (indices.clamp(min=0).double() * scale).round().long().clamp(max=rows - 1)
+
+
+class StopPrompts(nn.Module):
+    """STOP's trainable prompt modules for one CLIP, and the prompted passes of its towers.
+
+    Holds the prompt generator (deep text prompts and `prompt_frames` rows of per-frame local
+    prompts), the shallow global prompts, and the optional spatial and temporal prompt
+    modules. Adapters live inside CLIP's blocks (`add_adapters`), not here.
+    """
+
+    def __init__(self, config: StopConfig, clip: CLIP) -> None:
+        super().__init__()
+        visual, text = clip.visual, clip.transformer
+        layers = max(text.layers, visual.transformer.layers)
+        self.prompt_frames = config.prompt_frames
+        self.postfix_before_eot = config.text_postfix_before_eot
+        self.prompt_generator: nn.Module
+        if config.prompt_generator == "transformer":
+            self.prompt_generator = TransformerPromptGenerator(
+                num_text=config.num_text_prompts, num_local=config.num_local_prompts,
+                max_frames=config.prompt_frames, layers=layers, width=visual.width, text_width=text.width,
+                heads=visual.transformer.heads)
+        elif config.prompt_generator == "linear":
+            if config.num_text_prompts != 2 * config.num_local_prompts:
+                raise ValueError(f"--prompt_generator linear maps each local prompt to one prefix and one postfix "
+                                 f"text prompt: --num_text_prompts ({config.num_text_prompts}) must be "
+                                 f"2 x --num_local_prompts ({config.num_local_prompts})")
+            self.prompt_generator = LinearPromptGenerator(
+                num_local=config.num_local_prompts, max_frames=config.prompt_frames, layers=layers,
+                width=visual.width, text_width=text.width, patch_size=visual.patch_size)
+        else:
+            raise ValueError(f"--prompt_generator must be one of {', '.join(PROMPT_GENERATORS)}, "
+                             f"got {config.prompt_generator!r}")
+        self.global_prompts = nn.Parameter(torch.empty(1, config.num_global_prompts, visual.width))
+        bound = math.sqrt(6.0 / (3 * visual.patch_size ** 2 + visual.width))  # the reference's init
+        nn.init.uniform_(self.global_prompts, -bound, bound)
+        self.spatial_prompt = (SpatialPrompt(grid_size=visual.grid_size, patch_size=visual.patch_size,
+                                             topk=config.spatial_topk, scale=config.prompt_scale,
+                                             dropout=config.spatial_dropout)
+                               if config.spatial_prompt else None)
+        self.temporal_prompt = (TemporalPrompt(width=visual.width, heads=visual.transformer.heads,
+                                               num_patches=visual.num_patches, num_local=config.num_local_prompts,
+                                               scale=config.prompt_scale)
+                                if config.temporal_prompt else None)
+
+    def encode_text(self, clip: CLIP, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids `[B, L]` -> text embeddings `[B, D]` (deep text prompts)."""
+        text_prompts, _ = self.prompt_generator()
+        return prompted_text_forward(clip, input_ids, text_prompts, self.postfix_before_eot)
+
+    def encode_video(self, visual: VisionTransformer, video: torch.Tensor, video_mask: torch.Tensor,
+                     source_indices: torch.Tensor | None, input_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompted ViT over normalised frames `video [B, T, 3, H, W]`, `video_mask [B, T]`.
+
+        `source_indices [B, T]` (TempMe's `info["indices"]` into `input_frames` frames, or None)
+        choose each frame's prompt row (`prompt_rows`). Returns (global prompt tokens
+        `[B, n_g, W]`, frame CLS tokens `[B, T, W]`), before `ln_post`.
+        """
+        b, t = video_mask.shape
+        patch_mask = None
+        if self.spatial_prompt is not None:
+            video, patch_mask = self.spatial_prompt(video, video_mask)
+        frames = visual.embed(video.flatten(0, 1)).view(b, t, 1 + visual.num_patches, visual.width)
+        _, local = self.prompt_generator()                                  # [Lyr, R, n_l, W]
+        rows = prompt_rows(source_indices, t, input_frames, self.prompt_frames, video.device)
+        local = local[:, rows]                                              # [Lyr, (B,) T, n_l, W]
+        if local.ndim == 4:
+            local = local.unsqueeze(1)
+        local = local.expand(-1, b, -1, -1, -1)
+        if self.temporal_prompt is not None:
+            local = local + self.temporal_prompt(frames[:, :, 1:], video_mask, patch_mask)
+        return prompted_visual_forward(visual, frames, video_mask, self.global_prompts.expand(b, -1, -1), local)

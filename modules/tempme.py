@@ -8,7 +8,7 @@ Every compressor maps `(video [B, T_in, C, H, W], video_mask [B, T_in])` to
   batch's T_out. Padded input frames are never chosen.
 - `info["indices"]` LongTensor `[B, T_out]`: source frame of each output frame, -1 for padding.
 - `info["scores"]` `[B, T_in]`: per-frame importance (learned part + coverage prior), with
-  gradient, so an auxiliary loss (`frame_score_loss`, e.g. against text-frame similarity)
+  gradient, so an auxiliary loss (`modules.loss.frame_score_loss`)
   can supervise frames that were not selected; padded input frames get `PADDED_SCORE`.
 - `info["probs"]` `[B, T_in]`: selection probability of every input frame (with gradient);
   the gate of a selected frame is built from it.
@@ -37,15 +37,15 @@ Design choices shared by the three types:
 """
 from __future__ import annotations
 
-import argparse
 import math
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from params import TEMPME_TYPES
-
+TEMPME_TYPES = ("simple", "basic", "adaptive")
 PADDED_SCORE = -1e4  # info["scores"] of padded input frames: finite, so losses over scores stay finite
 
 
@@ -204,6 +204,17 @@ class _TempMeBase(nn.Module):
         """Names of position/query tables that the optimiser should not decay."""
         return set()
 
+    def _select(self, video: torch.Tensor, video_mask: torch.Tensor, indices: torch.Tensor,
+                gate_probs: torch.Tensor, scores: torch.Tensor, probs: torch.Tensor, frames_kept: torch.Tensor,
+                **extra: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """The `forward` contract's return value, built the same way for every type: the frames
+        at `indices [B, K]` (gated by `gate_probs [B, K]` in training), their mask, and `info`
+        (`scores [B, T]` with padded frames at `PADDED_SCORE`, `probs`, `frames_kept`, `extra`)."""
+        video_out, mask_out = _gather_frames(video, video_mask, indices, gate_probs if self.training else None)
+        info = {"indices": indices, "scores": scores.masked_fill(video_mask <= 0, PADDED_SCORE),
+                "probs": probs, "frames_kept": frames_kept, **extra}
+        return video_out, mask_out, info
+
 
 class _FrameScorer(nn.Module):
     """Per-frame features -> one temporal self-attention layer -> zero-initialised score head.
@@ -259,11 +270,7 @@ class SimpleTempMe(_TempMeBase):
         learned, _, _ = self.scorer(video, real)
         scores = learned + _coverage_prior(real, k, t_out, self.prior_scale).amax(-1)
         indices, probs, _ = _top_k_in_time(scores, real, k, t_out)
-        video_out, mask_out = _gather_frames(video, video_mask, indices,
-                                             _picked(probs, indices) if self.training else None)
-        info = {"indices": indices, "scores": scores.masked_fill(~real, PADDED_SCORE),
-                "probs": probs, "frames_kept": k}
-        return video_out, mask_out, info
+        return self._select(video, video_mask, indices, _picked(probs, indices), scores, probs, k)
 
 
 class TempMeCompressor(_TempMeBase):
@@ -331,14 +338,10 @@ class TempMeCompressor(_TempMeBase):
         indices = picks_t.gather(1, order)
         gate_probs = torch.stack(pick_probs, 1).gather(1, order)
 
-        video_out, mask_out = _gather_frames(video, video_mask, indices,
-                                             gate_probs if self.training else None)
         active_queries = (torch.arange(J, device=k.device) < k[:, None])[:, :, None]
         scores = logits.masked_fill(~active_queries, float("-inf")).amax(1)
         probs = torch.stack(query_probs, 1).sum(1).clamp(max=1.0).masked_fill(~real, 0.0)
-        info = {"indices": indices, "scores": scores.masked_fill(~real, PADDED_SCORE),
-                "probs": probs, "frames_kept": k}
-        return video_out, mask_out, info
+        return self._select(video, video_mask, indices, gate_probs, scores, probs, k)
 
 
 def _sinusoid_table(length: int, dim: int) -> torch.Tensor:
@@ -399,67 +402,93 @@ class AdaptiveTempMe(_TempMeBase):
         scores = learned + _coverage_prior(real, k, width, self.prior_scale).amax(-1)
         indices, probs, rank = _top_k_in_time(scores, real, k, width)
         probs = probs * torch.sigmoid(soft_count[:, None] - rank.float() - 0.5)
-        video_out, mask_out = _gather_frames(video, video_mask, indices,
-                                             _picked(probs, indices) if self.training else None)
-        info = {"indices": indices, "scores": scores.masked_fill(~real, PADDED_SCORE),
-                "probs": probs, "frames_kept": k, "soft_frames_kept": soft_count}
-        return video_out, mask_out, info
+        return self._select(video, video_mask, indices, _picked(probs, indices), scores, probs, k,
+                            soft_frames_kept=soft_count)
 
 
-def frame_score_loss(scores: torch.Tensor, target_logits: torch.Tensor, video_mask: torch.Tensor) -> torch.Tensor:
-    """Auxiliary loss: cross-entropy from softmax(target_logits) to softmax(scores) over real frames.
+@dataclass
+class TempMeConfig:
+    """What `get_tempme_model` needs: the `--use_tempme` / `--tempme_*` flags (each field `f` is
+    the flag `--tempme_f`; `enabled` is `--use_tempme`) and `max_frames`, the input of `simple`.
 
-    `scores` is `info["scores"] [B, T]`, `target_logits [B, T]` e.g. text-frame similarity
-    divided by a temperature (treated as constant), `video_mask [B, T]`. Videos without real
-    frames are ignored. Returns a scalar.
+    Besides the compressor it answers how many frames the loader decodes per video
+    (`num_input_frames`) and how many can reach CLIP (`max_output_frames`), so those numbers
+    are computed in one place.
     """
-    real = video_mask > 0
-    has_frames = real.any(1, keepdim=True)
-    # Rows without real frames are made all-real (and dropped below) so nothing turns NaN.
-    usable = real | ~has_frames
-    log_p = scores.float().masked_fill(~usable, float("-inf")).log_softmax(-1)
-    target = target_logits.detach().float().masked_fill(~usable, float("-inf")).softmax(-1)
-    per_video = -(target * log_p.masked_fill(~usable, 0.0)).sum(-1)
-    has_frames = has_frames.squeeze(1)
-    return per_video[has_frames].mean() if has_frames.any() else scores.sum() * 0.0
+    enabled: bool = False
+    type: str = "simple"
+    compression_ratio: float = 0.75
+    hidden_dim: int = 256
+    input_frames: int = 32
+    output_frames: int = 12
+    num_layers: int = 2
+    max_input_frames: int = 48
+    min_output_frames: int = 8
+    max_output_frames: int = 16
+    max_frames: int = 12
+
+    @classmethod
+    def from_flags(cls, flags: Any) -> "TempMeConfig":
+        """From any object carrying the flags as attributes (the namespace of `params.get_args`)."""
+        names = {"enabled": "use_tempme", "max_frames": "max_frames"}
+        return cls(**{f.name: getattr(flags, names.get(f.name, f"tempme_{f.name}")) for f in fields(cls)})
+
+    def validate(self) -> None:
+        """Raise ValueError naming the flag for values no compressor can be built from."""
+        if self.type not in TEMPME_TYPES:
+            raise ValueError(f"--tempme_type must be one of {', '.join(TEMPME_TYPES)}, got {self.type!r}")
+        if not 0.0 < self.compression_ratio <= 1.0:
+            raise ValueError(f"--tempme_compression_ratio is the fraction of frames kept and must be in "
+                             f"(0, 1], got {self.compression_ratio}")
+        for name in ("hidden_dim", "num_layers", "input_frames", "max_input_frames"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--tempme_{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_frames < 1:
+            raise ValueError(f"--max_frames must be >= 1, got {self.max_frames}")
+        if not 1 <= self.output_frames <= self.input_frames:
+            raise ValueError(f"--tempme_output_frames must be in [1, --tempme_input_frames="
+                             f"{self.input_frames}], got {self.output_frames}")
+        if not 1 <= self.min_output_frames <= self.max_output_frames:
+            raise ValueError(f"--tempme_min_output_frames must be in [1, --tempme_max_output_frames="
+                             f"{self.max_output_frames}], got {self.min_output_frames}")
+        if self.max_output_frames > self.max_input_frames:
+            raise ValueError(f"--tempme_max_output_frames must be <= --tempme_max_input_frames="
+                             f"{self.max_input_frames}, got {self.max_output_frames}")
+
+    @property
+    def num_input_frames(self) -> int:
+        """Frames the data loader decodes per video: the compressor's input, else what CLIP sees."""
+        if not self.enabled or self.type == "simple":
+            return self.max_frames
+        return self.input_frames if self.type == "basic" else self.max_input_frames
+
+    @property
+    def num_output_frames(self) -> int:
+        """The most frames per video that reach CLIP."""
+        if not self.enabled:
+            return self.max_frames
+        if self.type == "simple":
+            return max(1, round(self.max_frames * self.compression_ratio))
+        return self.output_frames if self.type == "basic" else self.max_output_frames
 
 
-def get_tempme_model(config: argparse.Namespace) -> nn.Module | None:
-    """Build the compressor `config` (the namespace from `params.get_args`) asks for, or None.
+def get_tempme_model(config: TempMeConfig | Any) -> _TempMeBase | None:
+    """The compressor `config` asks for, or None when TempMe is off.
 
-    The only place mapping `--tempme_type` to a class. Raises ValueError naming the flag for
-    invalid values.
+    `config` is a `TempMeConfig` or an object carrying the flags (the namespace of
+    `params.get_args`). The only place mapping `--tempme_type` to a class. Raises ValueError
+    naming the flag for invalid values.
     """
-    if not config.use_tempme:
+    if not isinstance(config, TempMeConfig):
+        config = TempMeConfig.from_flags(config)
+    if not config.enabled:
         return None
-    ratio = config.tempme_compression_ratio
-    if not 0.0 < ratio <= 1.0:
-        raise ValueError(f"--tempme_compression_ratio is the fraction of frames kept and must be in "
-                         f"(0, 1], got {ratio}")
-    if not 1 <= config.tempme_output_frames <= config.tempme_input_frames:
-        raise ValueError(f"--tempme_output_frames must be in [1, --tempme_input_frames="
-                         f"{config.tempme_input_frames}], got {config.tempme_output_frames}")
-    if not 1 <= config.tempme_min_output_frames <= config.tempme_max_output_frames:
-        raise ValueError(f"--tempme_min_output_frames must be in [1, --tempme_max_output_frames="
-                         f"{config.tempme_max_output_frames}], got {config.tempme_min_output_frames}")
-    if config.tempme_max_output_frames > config.tempme_max_input_frames:
-        raise ValueError(f"--tempme_max_output_frames must be <= --tempme_max_input_frames="
-                         f"{config.tempme_max_input_frames}, got {config.tempme_max_output_frames}")
-    for flag in ("tempme_hidden_dim", "tempme_num_layers", "max_frames"):
-        if getattr(config, flag) < 1:
-            raise ValueError(f"--{flag} must be >= 1, got {getattr(config, flag)}")
-
-    if config.tempme_type == "simple":
-        return SimpleTempMe(input_frames=config.max_frames, compression_ratio=ratio,
-                            hidden_dim=config.tempme_hidden_dim)
-    if config.tempme_type == "basic":
-        return TempMeCompressor(input_frames=config.tempme_input_frames,
-                                output_frames=config.tempme_output_frames,
-                                hidden_dim=config.tempme_hidden_dim,
-                                num_layers=config.tempme_num_layers)
-    if config.tempme_type == "adaptive":
-        return AdaptiveTempMe(input_frames=config.tempme_max_input_frames,
-                              min_output_frames=config.tempme_min_output_frames,
-                              max_output_frames=config.tempme_max_output_frames,
-                              hidden_dim=config.tempme_hidden_dim)
-    raise ValueError(f"--tempme_type must be one of {', '.join(TEMPME_TYPES)}, got {config.tempme_type!r}")
+    config.validate()
+    if config.type == "simple":
+        return SimpleTempMe(input_frames=config.max_frames, compression_ratio=config.compression_ratio,
+                            hidden_dim=config.hidden_dim)
+    if config.type == "basic":
+        return TempMeCompressor(input_frames=config.input_frames, output_frames=config.output_frames,
+                                hidden_dim=config.hidden_dim, num_layers=config.num_layers)
+    return AdaptiveTempMe(input_frames=config.max_input_frames, min_output_frames=config.min_output_frames,
+                          max_output_frames=config.max_output_frames, hidden_dim=config.hidden_dim)

@@ -1,9 +1,9 @@
 """One training epoch: forward, loss scaling for DDP and accumulation, clipping, AMP, skips.
 
-The model's loss is the global-batch InfoNCE on every rank (features are all-gathered with
-the local shard keeping its gradient). DDP averages gradients over ranks, so each rank
-back-propagates `loss * world_size`: one process and N processes then take the same step
-for the same global batch.
+The loss (`modules.loss.RetrievalLoss` of the model's outputs) is the global-batch InfoNCE on
+every rank (features are all-gathered with the local shard keeping its gradient). DDP averages
+gradients over ranks, so each rank back-propagates `loss * world_size`: one process and N
+processes then take the same step for the same global batch.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from argparse import Namespace
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -30,12 +30,14 @@ class NonFiniteLossError(RuntimeError):
     """Raised after `--max_nonfinite_steps` consecutive non-finite losses."""
 
 
-def train_one_epoch(model: nn.Module, loader: Iterable[dict[str, Any]], optimizer: torch.optim.Optimizer,
+def train_one_epoch(model: nn.Module, loss_fn: Callable[[Any], torch.Tensor], loader: Iterable[dict[str, Any]],
+                    optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler, args: Namespace, *, epoch: int, start_step: int,
                     steps_per_epoch: int, total_steps: int, warmup_steps: int, device: torch.device,
                     precision: str, nonfinite_in_a_row: int = 0) -> dict[str, Any]:
     """Run `steps_per_epoch` optimiser steps of `--gradient_accumulation_steps` batches each.
 
+    The loss of a batch is `loss_fn(model(input_ids, attention_mask, video, video_mask))`.
     Batches hold `input_ids`/`attention_mask` [B, L], `video` uint8 [B, T, 3, H, W],
     `video_mask` [B, T] (B = this process's share of `--batch_size`). A non-finite loss skips
     its optimiser step with a warning; `--max_nonfinite_steps` in a row raise NonFiniteLossError.
@@ -65,7 +67,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable[dict[str, Any]], optimize
         sync = contextlib.nullcontext() if last_in_window or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             with autocast(precision, device):
-                loss = model(*inputs)
+                loss = loss_fn(model(*inputs))
             finite = distributed.all_reduce_number(0.0 if torch.isfinite(loss).item() else 1.0, "max") == 0
             if finite:
                 scaler.scale(loss * world / accum).backward()

@@ -32,7 +32,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import params  # noqa: E402
 from modules.clip import CLIP_CONFIGS, build_clip, random_clip_state_dict  # noqa: E402
 from modules import stop as stop_module  # noqa: E402
-from modules.clip4clip import CLIP4Clip  # noqa: E402
+from modules.factory import build_model  # noqa: E402
+from modules.optim import parameter_groups  # noqa: E402
 from dataloaders.video_reader import normalize_video  # noqa: E402
 
 aten = torch.ops.aten
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
     sd = random_clip_state_dict(args.arch, seed=0)
     config = params.get_args(["--clip_init", "random", "--clip_arch", args.arch, "--image_size", str(resolution),
                               "--max_frames", str(args.frames)])
-    stop = CLIP4Clip(sd, config).to(device)
+    stop = build_model(sd, config).to(device)
     clip = build_clip(sd).to(device)
     video = torch.randint(0, 256, (1, args.frames, 3, resolution, resolution), dtype=torch.uint8, device=device)
     mask = torch.ones(1, args.frames, device=device)
@@ -165,13 +166,13 @@ def main(argv: list[str] | None = None) -> dict:
     clip_flops, _ = count_flops(clip_forward, clip)
     stop_flops, stop_modules = count_flops(stop_forward, stop)
     # get_visual_output is not `forward`, so the counter names its top modules by class.
-    parts = {key: stop_modules.get(type(getattr(stop, key)).__name__, 0)
+    parts = {key: stop_modules.get(type(getattr(stop.prompts, key)).__name__, 0)
              for key in ("spatial_prompt", "temporal_prompt", "prompt_generator")}
     parts["prompted ViT"] = stop_flops - sum(parts.values())
     result = {
         "arch": args.arch, "frames": args.frames, "conv": "direct" if args.direct_conv else "fft",
         "device": str(device), "threads": torch.get_num_threads(),
-        "trainable_parameters": sum(p.numel() for g in stop.trainable_parameters().values() for _, p in g),
+        "trainable_parameters": sum(p.numel() for g in parameter_groups(stop).values() for _, p in g),
         "gflops": {"clip": clip_flops / 1e9, "stop": stop_flops / 1e9,
                    **{f"stop.{k}": v / 1e9 for k, v in parts.items()}},
         "ms": {"clip_forward": time_ms(clip_forward, device, args.repeats),

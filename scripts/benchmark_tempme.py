@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from modules.clip import load_clip_state_dict, random_clip_state_dict  # noqa: E402
 from modules.clip4clip import CLIP4Clip  # noqa: E402
+from modules.factory import build_model  # noqa: E402
 from scripts.benchmark_model import count_flops, time_ms, times_ms  # noqa: E402
 from params import get_args  # noqa: E402
 
@@ -106,7 +107,7 @@ def build_encoder(setting: Setting, clip_state: dict[str, torch.Tensor], base_fl
                   device: torch.device, autocast: Callable[[], contextlib.AbstractContextManager]) -> Encoder:
     config = get_args(base_flags + setting.flags())
     # Inference only; parameters without grad also keep FlopCounterMode's module hooks quiet.
-    model = CLIP4Clip(clip_state, config).to(device).eval().requires_grad_(False)
+    model = build_model(clip_state, config).to(device).eval().requires_grad_(False)
     video = benchmark_video(batch, setting.frames_in, config.image_size, device)
     mask = torch.ones(batch, setting.frames_in, dtype=torch.long, device=device)
 
@@ -116,7 +117,7 @@ def build_encoder(setting: Setting, clip_state: dict[str, torch.Tensor], base_fl
 
     def compress() -> object:
         with torch.no_grad(), autocast():
-            return model.tempme(video, mask)
+            return model.tempme_compressor(video, mask)
 
     return Encoder(model, encode, compress)
 
@@ -139,7 +140,7 @@ def measure(setting: Setting, encoder: Encoder, batch: int, repeats: int, device
         ratios = [times_ms(encoder.encode, device, 1, warmup=False)[0]
                   / times_ms(reference_encode, device, 1, warmup=False)[0] for _ in range(repeats)]
         encode_ms = statistics.median(ratios) * reference_ms
-    compressor_ms = time_ms(encoder.compress, device, repeats) / batch if encoder.model.tempme is not None else 0.0
+    compressor_ms = time_ms(encoder.compress, device, repeats) / batch if encoder.model.tempme_compressor is not None else 0.0
     gflops = count_flops(encoder.encode, encoder.model)[0] / 1e9 / batch
     return Row(setting.type, setting.ratio, setting.frames_in, frames_out, encode_ms, compressor_ms, gflops, peak)
 

@@ -55,7 +55,7 @@ import dataloaders  # noqa: E402
 import params  # noqa: E402
 from dataloaders.video_reader import normalize_video  # noqa: E402
 from modules import checkpoint  # noqa: E402
-from modules.clip4clip import CLIP4Clip  # noqa: E402
+from modules.factory import build_trained_model  # noqa: E402
 from modules.tempme import uniform_frame_indices  # noqa: E402
 from modules.tokenization import tokenize  # noqa: E402
 
@@ -183,16 +183,13 @@ def event_hit_rate(argv: list[str]) -> float:
     if not args.use_tempme:
         kept = [loaded.tolist()] * len(events)
     else:
-        model = CLIP4Clip(checkpoint.load_clip_weights(args), args).eval()
-        trainable = {n for group in model.trainable_parameters().values() for n, _ in group}
         best = os.path.join(args.output_dir, args.run_name, checkpoint.BEST)
-        checkpoint.load_model_state(model, checkpoint.load_checkpoint(best)["model"], trainable, source=best,
-                                    require_all_trainable=True)
+        model = build_trained_model(args, best, require_all_trainable=True).eval()
         for start in range(0, len(events), args.batch_size_val):
             items = [dataset.load_video(i, train=False) for i in range(start, min(start + args.batch_size_val,
                                                                                    len(events)))]
             video = normalize_video(torch.stack([item[0] for item in items]))
-            _, _, info = model.tempme(video, torch.stack([item[1] for item in items]))
+            _, _, info = model.tempme_compressor(video, torch.stack([item[1] for item in items]))
             kept += [loaded[row[row >= 0]].tolist() for row in info["indices"]]
     with_event = [i for i, e in enumerate(events) if e]
     if not with_event:

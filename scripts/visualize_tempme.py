@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dataloaders import build_dataset  # noqa: E402
 from dataloaders.video_reader import normalize_video  # noqa: E402
-from modules.checkpoint import load_checkpoint, load_clip_weights, load_model_state  # noqa: E402
 from modules.clip4clip import CLIP4Clip  # noqa: E402
+from modules.factory import build_trained_model  # noqa: E402
 from modules.tokenization import tokenize  # noqa: E402
 from params import get_args  # noqa: E402
 
@@ -70,7 +70,7 @@ def selection(model: CLIP4Clip, video: torch.Tensor, video_mask: torch.Tensor) -
     """Run the compressor on one video uint8 `[T, 3, H, W]` -> (selected bool `[T]`, scores `[T]`)."""
     device = next(model.parameters()).device
     with torch.no_grad():
-        _, _, info = model.tempme(normalize_video(video[None].to(device)), video_mask[None].to(device))
+        _, _, info = model.tempme_compressor(normalize_video(video[None].to(device)), video_mask[None].to(device))
     selected = torch.zeros(video.shape[0], dtype=torch.bool)
     kept = info["indices"][0].cpu()
     selected[kept[kept >= 0]] = True
@@ -97,12 +97,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, argpa
 
 def main(argv: list[str] | None = None) -> list[Path]:
     own, args = parse_args(argv)
-    model = CLIP4Clip(load_clip_weights(args), args)
-    if own.init_model:
-        trainable = {name for group in model.trainable_parameters().values() for name, _ in group}
-        load_model_state(model, load_checkpoint(own.init_model)["model"], trainable, own.init_model,
-                         require_all_trainable=False)
-    model.to(own.device).eval()
+    model = build_trained_model(args, own.init_model).to(own.device).eval()
     dataset = build_dataset(args, own.split, tokenize)
     videos = dataset.video_dataset()
     if own.video_ids:

@@ -1,5 +1,6 @@
-"""CLIP4Clip with STOP (modules/clip4clip.py): API, masking, batch independence, gradients,
-the plain-CLIP baseline, the default parameter count and the TempMe integration."""
+"""CLIP4Clip with STOP (modules/clip4clip.py, built by modules/factory.py): API, masking, batch
+independence, gradients, the plain-CLIP baseline, the default parameter count and the TempMe
+integration."""
 from __future__ import annotations
 
 import pytest
@@ -9,8 +10,11 @@ import torch.nn.functional as F
 import params
 from dataloaders.video_reader import normalize_video
 from modules.clip import build_clip, random_clip_state_dict
-from modules.clip4clip import CLIP4Clip, prompt_rows
-from modules.stop import LinearPromptGenerator, visual_sequence_length
+from modules.clip4clip import CLIP4Clip
+from modules.factory import build_loss, build_model
+from modules.logger import parameter_summary
+from modules.optim import parameter_groups
+from modules.stop import LinearPromptGenerator, prompt_rows, visual_sequence_length
 
 SIDE, WORDS = 64, 12   # the tiny CLIP: 64 px, patch 16 -> 16 patches per frame
 
@@ -27,7 +31,11 @@ def _args(*extra: str):
 
 def _model(sd, *extra: str) -> CLIP4Clip:
     torch.manual_seed(0)
-    return CLIP4Clip(sd, _args(*extra))
+    return build_model(sd, _args(*extra))
+
+
+def _loss(model: CLIP4Clip, *batch) -> torch.Tensor:
+    return build_loss(_args())(model(*batch))
 
 
 def _video(b: int, t: int, seed: int = 0) -> torch.Tensor:
@@ -45,18 +53,18 @@ def _ids(b: int) -> torch.Tensor:
 
 def test_api_shapes_groups_and_frozen_clip(tiny_sd):
     model = _model(tiny_sd).train()
-    assert not model.clip.training and model.spatial_prompt.training   # frozen CLIP stays in eval mode
+    assert not model.clip.training and model.prompts.spatial_prompt.training   # frozen CLIP stays in eval mode
     emb, mask = model.get_visual_output(_video(2, 3), torch.ones(2, 3))
     assert emb.shape == (2, 128) and mask.shape == (2, 3)
     text = model.get_text_output(_ids(2), torch.ones(2, WORDS))
     assert text.shape == (2, 128)
     assert model.get_similarity_logits(text, emb).shape == (2, 2)
-    groups = model.trainable_parameters()
+    groups = parameter_groups(model)
     assert set(groups) == {"stop"}
     names = {n for n, _ in groups["stop"]}
-    assert any(".adapter." in n for n in names) and "global_prompts" in names
+    assert any(".adapter." in n for n in names) and "prompts.global_prompts" in names
     assert all(not p.requires_grad for n, p in model.clip.named_parameters() if ".adapter." not in n)
-    summary = model.summary()
+    summary = parameter_summary(model)
     print(summary)
     total = sum(p.numel() for _, p in groups["stop"])
     assert f"{total:,}" in summary.splitlines()[-1]
@@ -64,7 +72,7 @@ def test_api_shapes_groups_and_frozen_clip(tiny_sd):
 
 def test_train_clip_group_and_logit_scale(tiny_sd):
     model = _model(tiny_sd, "--train_clip", "True").train()
-    groups = model.trainable_parameters()
+    groups = parameter_groups(model)
     assert set(groups) == {"stop", "clip"} and model.clip.training
     clip_names = {n for n, _ in groups["clip"]}
     assert "clip.visual.conv1.weight" in clip_names and "clip.logit_scale" not in clip_names
@@ -74,10 +82,13 @@ def test_train_clip_group_and_logit_scale(tiny_sd):
     torch.testing.assert_close(model.get_similarity_logits(t, t).diagonal(), torch.full((2,), 100.0))
 
 
-def test_loss_is_symmetric_infonce(tiny_sd):
+def test_forward_returns_both_towers_and_loss_is_symmetric_infonce(tiny_sd):
     model = _model(tiny_sd).eval()
     ids, video, mask = _ids(3), _video(3, 3), torch.ones(3, 3)
-    loss = model(ids, torch.ones_like(ids), video, mask)
+    outputs = model(ids, torch.ones_like(ids), video, mask)
+    assert outputs["text_emb"].shape == outputs["video_emb"].shape == (3, 128) and outputs["info"] is None
+    assert "teacher_frame_emb" not in outputs
+    loss = build_loss(_args())(outputs)
     logits = model.get_similarity_logits(model.get_text_output(ids, torch.ones_like(ids)),
                                          model.get_visual_output(video, mask)[0])
     labels = torch.arange(3)
@@ -147,13 +158,13 @@ def test_training_step_gradients_static_video(tiny_sd):
     model = _model(tiny_sd).train()
     video = _video(2, 1).expand(2, 3, 3, SIDE, SIDE).clone()     # static: every frame identical
     ids = _ids(2)
-    loss = model(ids, torch.ones_like(ids), video, torch.ones(2, 3))
+    loss = _loss(model, ids, torch.ones_like(ids), video, torch.ones(2, 3))
     assert torch.isfinite(loss)
     loss.backward()
     for name, param in model.named_parameters():
         if not param.requires_grad:
             assert param.grad is None, name                      # nothing reaches frozen CLIP
-        elif name == "spatial_prompt.scorer.bias":
+        elif name == "prompts.spatial_prompt.scorer.bias":
             # A constant added to every patch score changes neither the top-k nor the
             # softmax of the straight-through estimator: its gradient is exactly zero.
             assert param.grad is None or param.grad.abs().max() < 1e-6
@@ -164,7 +175,7 @@ def test_training_step_gradients_static_video(tiny_sd):
 
 def test_prompt_mode_none_is_clip_meanp(tiny_sd):
     model = _model(tiny_sd, "--prompt_mode", "none").eval()
-    assert model.prompt_generator is None and model.trainable_parameters() == {"stop": []}
+    assert model.prompts is None and parameter_groups(model) == {}
     assert all(block.adapter is None for block in model.clip.visual.transformer.resblocks)
     clip = build_clip(tiny_sd)
     video, mask = _video(2, 3), torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
@@ -195,13 +206,13 @@ B32_TRAINABLE_LINEAR = 4_333_752
 
 def test_default_parameter_count_b32():
     sd = random_clip_state_dict("ViT-B/32", seed=0)
-    model = CLIP4Clip(sd, params.get_args([]))
-    count = sum(p.numel() for group in model.trainable_parameters().values() for _, p in group)
-    generator = sum(p.numel() for p in model.prompt_generator.parameters())
+    model = build_model(sd, params.get_args([]))
+    count = sum(p.numel() for group in parameter_groups(model).values() for _, p in group)
+    generator = sum(p.numel() for p in model.prompts.prompt_generator.parameters())
     linear = sum(p.numel() for p in LinearPromptGenerator(num_local=4, max_frames=12, layers=12, width=768,
                                                           text_width=512, patch_size=32).parameters())
     print(f"B/32 default trainable: {count:,} (transformer generator), {count - generator + linear:,} (linear)")
-    print(model.summary())
+    print(parameter_summary(model))
     assert count == B32_TRAINABLE_TRANSFORMER
     assert count - generator + linear == B32_TRAINABLE_LINEAR
     # One 1-frame video through the real B/32 geometry: 4 + 54 T tokens.
@@ -226,23 +237,26 @@ def _tempme_args(tempme_type: str) -> list[str]:
 @pytest.mark.parametrize("tempme_type,t_out", [("simple", 2), ("basic", 2), ("adaptive", 3)])
 def test_tempme_inside_clip4clip(tiny_sd, tempme_type, t_out):
     model = _model(tiny_sd, *_tempme_args(tempme_type)).train()
-    assert model.max_prompt_frames == max(4, model.tempme.output_frames)
-    groups = model.trainable_parameters()
-    assert {n for n, _ in groups["tempme"]} == {f"tempme.{n}" for n, _ in model.tempme.named_parameters()}
+    compressor = model.tempme_compressor
+    assert model.prompts.prompt_frames == max(4, compressor.output_frames)
+    groups = parameter_groups(model)
+    assert {n for n, _ in groups["tempme"]} == {f"tempme_compressor.{n}" for n, _ in compressor.named_parameters()}
     video, mask = _video(2, 4), torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 0.0]])
     ids = _ids(2)
-    loss = model(ids, torch.ones_like(ids), video, mask)
+    outputs = model(ids, torch.ones_like(ids), video, mask)
+    assert outputs["info"]["indices"].shape[0] == 2 and outputs["teacher_frame_emb"].shape[:2] == (2, 4)
+    loss = build_loss(_args(*_tempme_args(tempme_type)))(outputs)
     assert torch.isfinite(loss)
     loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for _, p in groups["tempme"])
-    assert model.last_tempme_info is not None and model.last_tempme_info["indices"].shape[0] == 2
     model.eval()
     with torch.no_grad():
-        emb, mask_out = model.get_visual_output(video, mask)
+        emb, mask_out, info = model.encode_video(video, mask)
+        assert "teacher_frame_emb" not in model(ids, torch.ones_like(ids), video, mask)   # training only
     assert emb.shape == (2, 128) and torch.isfinite(emb).all()
     assert mask_out.shape[0] == 2 and mask_out.shape[1] <= t_out
-    assert torch.equal(mask_out.sum(1), model.last_tempme_info["frames_kept"].to(mask_out.dtype))
-    assert all(k.startswith("tempme.") for k in model.state_dict() if "tempme" in k)
+    assert torch.equal(mask_out.sum(1), info["frames_kept"].to(mask_out.dtype))
+    assert all(k.startswith("tempme_compressor.") for k in model.state_dict() if "tempme" in k)
 
 
 def test_prompt_rows_follow_source_frames():
@@ -258,7 +272,7 @@ def test_prompt_rows_follow_source_frames():
 def test_use_tempme_false_is_the_baseline(tiny_sd):
     base = _model(tiny_sd)
     off = _model(tiny_sd, "--use_tempme", "False", "--tempme_type", "basic", "--tempme_hidden_dim", "8")
-    assert off.tempme is None and set(off.trainable_parameters()) == {"stop"}
+    assert off.tempme_compressor is None and set(parameter_groups(off)) == {"stop"}
     sd_base, sd_off = base.state_dict(), off.state_dict()
     assert sd_base.keys() == sd_off.keys()
     assert all(torch.equal(sd_base[k], sd_off[k]) for k in sd_base)
@@ -276,10 +290,10 @@ def test_inference_cache_follows_parameter_updates(tiny_sd):
     with torch.no_grad():
         first = model.get_visual_output(video, mask)[0]
         torch.testing.assert_close(model.get_visual_output(video, mask)[0], first, rtol=0, atol=0)
-        for param in (model.prompt_generator.prompt_table, model.spatial_prompt.convs[0].weight):
+        for param in (model.prompts.prompt_generator.prompt_table, model.prompts.spatial_prompt.convs[0].weight):
             param.add_(0.5)
             assert not torch.allclose(model.get_visual_output(video, mask)[0], first)
             param.sub_(0.5)
         torch.testing.assert_close(model.get_visual_output(video, mask)[0], first, atol=1e-5, rtol=1e-5)
-    text, visual = model.prompt_generator()            # gradients on: computed afresh, with a graph
+    text, visual = model.prompts.prompt_generator()            # gradients on: computed afresh, with a graph
     assert text.grad_fn is not None and visual.grad_fn is not None

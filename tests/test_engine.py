@@ -35,19 +35,14 @@ class _Toy(nn.Module):
         self.token_embedding = nn.Embedding(5, 3)
         self.text_prompts = nn.Parameter(torch.zeros(2, 3))
         self.logit_scale = nn.Parameter(torch.tensor(1.0))
-        self.compressor = nn.Linear(3, 3)
+        self.tempme_compressor = nn.Linear(3, 3)
         self.frozen = nn.Linear(3, 3)
         self.frozen.requires_grad_(False)
         self.loss_values: list[float] = []  # forced loss values (nan) per call, else the real loss
 
-    def trainable_parameters(self):
-        named = dict(self.named_parameters())
-        stop = [(n, p) for n, p in named.items() if not n.startswith(("compressor", "frozen"))]
-        return {"stop": stop, "tempme": [(n, named[n]) for n in ("compressor.weight", "compressor.bias")]}
-
     def forward(self, input_ids, attention_mask, video, video_mask):
         x = video.float().flatten(1)[:, :4]
-        loss = (self.norm(self.proj(x)) + self.compressor(self.text_prompts.sum(0))).pow(2).mean()
+        loss = (self.norm(self.proj(x)) + self.tempme_compressor(self.text_prompts.sum(0))).pow(2).mean()
         loss = loss * self.logit_scale + self.token_embedding.weight.sum() * 0
         if self.loss_values:
             forced = self.loss_values.pop(0)
@@ -65,7 +60,7 @@ def _opt_args(**kw) -> Namespace:
 
 def test_optimizer_groups_decay_rules_and_learning_rates():
     model = _Toy()
-    opt = optim.build_optimizer(model, model.trainable_parameters(), _opt_args())
+    opt = optim.build_optimizer(model, _opt_args())
     names = {id(p): n for n, p in model.named_parameters()}
     groups = {g["name"]: ({names[id(p)] for p in g["params"]}, g["base_lr"], g["weight_decay"])
               for g in opt.param_groups}
@@ -73,8 +68,8 @@ def test_optimizer_groups_decay_rules_and_learning_rates():
     assert groups["stop/no_decay"][0] == {"proj.bias", "norm.weight", "norm.bias", "token_embedding.weight",
                                           "text_prompts", "logit_scale"}
     assert groups["stop/no_decay"][2] == 0.0
-    assert groups["tempme/decay"] == ({"compressor.weight"}, 5e-4, 0.2)
-    assert groups["tempme/no_decay"] == ({"compressor.bias"}, 5e-4, 0.0)
+    assert groups["tempme/decay"] == ({"tempme_compressor.weight"}, 5e-4, 0.2)
+    assert groups["tempme/no_decay"] == ({"tempme_compressor.bias"}, 5e-4, 0.0)
     assert not any("frozen" in n for g in groups.values() for n in g[0])
     assert opt.defaults["betas"] == (0.9, 0.98) and opt.defaults["eps"] == 1e-6
     assert optim.group_learning_rates(_opt_args())["clip"] == pytest.approx(1e-4)
@@ -102,10 +97,10 @@ def _batches(n: int, b: int = 4, seed: int = 0):
 
 
 def _run_epoch(model, batches, args, **kw):
-    opt = optim.build_optimizer(model, model.trainable_parameters(), args)
+    opt = optim.build_optimizer(model, args)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     steps = len(batches) // args.gradient_accumulation_steps
-    stats = train_one_epoch(model, batches, opt, scaler, args, epoch=0, start_step=0, steps_per_epoch=steps,
+    stats = train_one_epoch(model, lambda loss: loss, batches, opt, scaler, args, epoch=0, start_step=0, steps_per_epoch=steps,
                             total_steps=steps, warmup_steps=0, device=torch.device("cpu"), precision="fp32", **kw)
     return stats, opt
 
@@ -157,7 +152,7 @@ def test_rng_states_round_trip_through_a_weights_only_file(tmp_path):
 
 def test_trainable_state_excludes_frozen_and_loading_checks_keys():
     model = _Toy()
-    trainable = {n for g in model.trainable_parameters().values() for n, _ in g}
+    trainable = optim.trainable_names(model)
     state = checkpoint.trainable_state_dict(model, trainable)
     assert set(state) == trainable and not any(k.startswith("frozen") for k in state)
     with pytest.raises(ValueError, match="does not have"):
@@ -251,10 +246,10 @@ def test_checkpoint_holds_trainable_tensors_only(single_run, synthetic_dir):
     ckpt = torch.load(run_dir / "latest.pt", map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["step"] == 2 and ckpt["args"]["run_name"] == "single"
     assert set(ckpt) >= {"model", "optimizer", "scaler", "rng", "schedule", "best_r1"}
-    from modules.clip4clip import CLIP4Clip
+    from modules.factory import build_trained_model
     args = params.get_args(_run_flags(run_dir, synthetic_dir, "single"))
-    model = CLIP4Clip(checkpoint.load_clip_weights(args), args)
-    trainable = {n for g in model.trainable_parameters().values() for n, _ in g}
+    model = build_trained_model(args)
+    trainable = optim.trainable_names(model)
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     assert len(frozen) > 10 and trainable
     assert set(ckpt["model"]) == trainable and not set(ckpt["model"]) & frozen

@@ -1,4 +1,4 @@
-"""STOP building blocks (modules/stop.py): exact FFT convolution, token layout, block attention,
+"""STOP building blocks (modules/stop.py, modules/fft_conv.py): exact FFT convolution, token layout, block attention,
 spatial/temporal prompts with the reference code's defects fixed (DESIGN 4.3/4.4), text layout."""
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from modules.clip import CLIP, CLIP_CONFIGS
+from modules.fft_conv import fast_fft_size, fft_conv3d
 from modules.stop import (Adapter, LinearPromptGenerator, SpatialPrompt, TemporalPrompt, TransformerPromptGenerator,
-                          block_attention, fast_fft_size, fft_conv3d, prompted_text_forward, straight_through_topk,
-                          text_positions, visual_sequence_length)
+                          block_attention, prompted_text_forward, straight_through_topk, text_positions,
+                          visual_sequence_length)
 
 
 @pytest.mark.parametrize("c_in,c_out,kernel,shape", [

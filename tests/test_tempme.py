@@ -6,7 +6,8 @@ import torch
 
 import params
 from dataloaders.video_reader import sample_frame_indices
-from modules.tempme import (AdaptiveTempMe, SimpleTempMe, TempMeCompressor, frame_score_loss,
+from modules.loss import frame_score_loss
+from modules.tempme import (AdaptiveTempMe, SimpleTempMe, TempMeCompressor,
                             get_tempme_model, uniform_frame_indices)
 
 TYPES = ("simple", "basic", "adaptive")

@@ -49,7 +49,7 @@ def test_compressed_rows_are_timed_as_paired_ratios_to_their_reference(monkeypat
 
     monkeypatch.setattr(benchmark_tempme, "times_ms", fake_times_ms)
     model = torch.nn.Linear(2, 2)
-    model.tempme = None
+    model.tempme_compressor = None
     encoder = benchmark_tempme.Encoder(model, encode=own_encode, compress=lambda: None)
     row = benchmark_tempme.measure(benchmark_tempme.Setting("simple", 8, 0.5), encoder, batch=2, repeats=3,
                                    device=torch.device("cpu"), reference=(reference_encode, 50.0))

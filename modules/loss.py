@@ -1,0 +1,92 @@
+"""The training loss: symmetric InfoNCE over the global batch plus TempMe's frame-selection term.
+
+`RetrievalLoss()(model(input_ids, attention_mask, video, video_mask))` is what training
+minimises (`modules.factory.build_loss` builds it from the flags). Under torchrun the
+embeddings are all-gathered, the local shard keeping its gradient, so every process computes
+the loss of the global batch.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modules.distributed import all_gather_with_grad
+
+# Temperature turning standardised frame distinctiveness into `frame_score_loss` targets:
+# with 0.25 a frame 1 std more distinct than another gets e^4 (~55x) its target mass.
+AUX_TEMPERATURE = 0.25
+
+
+def symmetric_infonce(text_emb: torch.Tensor, video_emb: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Mean of the cross-entropies over rows and over columns of `logit_scale * cos(text, video)`,
+    text `[N, D]` and video `[N, D]` paired by index. Returns a scalar."""
+    logits = logit_scale * F.normalize(text_emb, dim=-1) @ F.normalize(video_emb, dim=-1).t()
+    labels = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
+
+
+def frame_score_loss(scores: torch.Tensor, target_logits: torch.Tensor, video_mask: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy from softmax(target_logits) to softmax(scores) over the real frames.
+
+    `scores` is the compressor's `info["scores"] [B, T]`, `target_logits [B, T]` (treated as
+    constant), `video_mask [B, T]`. Videos without real frames are ignored. Returns a scalar.
+    """
+    real = video_mask > 0
+    has_frames = real.any(1, keepdim=True)
+    # Rows without real frames are made all-real (and dropped below) so nothing turns NaN.
+    usable = real | ~has_frames
+    log_p = scores.float().masked_fill(~usable, float("-inf")).log_softmax(-1)
+    target = target_logits.detach().float().masked_fill(~usable, float("-inf")).softmax(-1)
+    per_video = -(target * log_p.masked_fill(~usable, 0.0)).sum(-1)
+    has_frames = has_frames.squeeze(1)
+    return per_video[has_frames].mean() if has_frames.any() else scores.sum() * 0.0
+
+
+def distinctiveness_targets(frame_emb: torch.Tensor, video_mask: torch.Tensor,
+                            temperature: float = AUX_TEMPERATURE) -> torch.Tensor:
+    """Target logits `[B, T]` from L2-normalised frame embeddings `[B, T, D]`: each real frame's
+    cosine distance to its video's mean embedding, standardised over the video's real frames,
+    divided by `temperature`."""
+    real = (video_mask > 0).float()
+    mean = F.normalize((frame_emb * real[..., None]).sum(1, keepdim=True), dim=-1)
+    distinct = 1.0 - (frame_emb * mean).sum(-1)
+    n = real.sum(1, keepdim=True).clamp(min=1)
+    centre = (distinct * real).sum(1, keepdim=True) / n
+    std = (((distinct - centre) * real) ** 2).sum(1, keepdim=True).div(n).sqrt()
+    return (distinct - centre) / (std + 1e-6) / temperature
+
+
+class RetrievalLoss(nn.Module):
+    """Symmetric InfoNCE over the global batch, plus `aux_weight` x the frame-selection loss.
+
+    The auxiliary term teaches the compressor's frame scores (`outputs["info"]["scores"]`)
+    every input frame's distinctiveness among its video's frames in plain-CLIP space
+    (`distinctiveness_targets` of `outputs["teacher_frame_emb"]`): the straight-through gate
+    only tells the compressor about frames it already selected. It is added when the model
+    returned teacher embeddings (training with a frame teacher) and `aux_weight > 0`.
+    """
+
+    def __init__(self, aux_weight: float = 0.0, aux_temperature: float = AUX_TEMPERATURE) -> None:
+        super().__init__()
+        if aux_weight < 0:
+            raise ValueError(f"--tempme_aux_weight must be >= 0, got {aux_weight}")
+        self.aux_weight = aux_weight
+        self.aux_temperature = aux_temperature
+
+    def forward(self, outputs: dict[str, Any], output_dict: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
+        """`outputs` of `CLIP4Clip.forward` -> the scalar loss, or with `output_dict`
+        {"contrastive", "frame_selection" (if computed), "loss"}."""
+        losses = {"contrastive": symmetric_infonce(all_gather_with_grad(outputs["text_emb"]),
+                                                   all_gather_with_grad(outputs["video_emb"]),
+                                                   outputs["logit_scale"])}
+        loss = losses["contrastive"]
+        if self.aux_weight > 0 and "teacher_frame_emb" in outputs:
+            targets = distinctiveness_targets(outputs["teacher_frame_emb"], outputs["input_mask"],
+                                              self.aux_temperature)
+            losses["frame_selection"] = frame_score_loss(outputs["info"]["scores"], targets, outputs["input_mask"])
+            loss = loss + self.aux_weight * losses["frame_selection"]
+        losses["loss"] = loss
+        return losses if output_dict else loss

@@ -8,7 +8,7 @@ from collections import defaultdict
 
 import pandas as pd
 
-from .base import Annotations, require_file
+from .base import Annotations, group_captions, require_file
 
 logger = logging.getLogger("dataloaders")
 
@@ -40,11 +40,9 @@ def parse(data_path: str, split: str, *, train_csv: str = "MSRVTT_train.9k.csv",
         if without:
             raise ValueError(f"{dataset}: {len(without)} videos of {train_csv} have no caption in "
                              f"MSRVTT_data.json (e.g. {without[:3]}); is it the matching data file?")
-        captions, text_to_video = [], []
-        for index, video_id in enumerate(video_ids):
-            captions += captions_of[video_id]
-            text_to_video += [index] * len(captions_of[video_id])
-        return Annotations(video_ids, captions, text_to_video, one_item_per_video=not expand_sentences)
+        annotations = group_captions(video_ids, captions_of)
+        annotations.one_item_per_video = not expand_sentences
+        return annotations
     name = TEST_CSV
     if split == "val":
         if os.path.isfile(os.path.join(data_path, VAL_CSV)):

@@ -1,5 +1,8 @@
-# Shared by the per-dataset scripts (sourced, not run): TempMe switches and the torchrun launch.
+# Shared by the per-dataset scripts (sourced, not run): TempMe switches, data flags, the recipe launch.
 #
+# Environment (all optional):
+#   DATA_PATH=data/<dataset>  FEATURES_PATH=data/<dataset>/videos  CLIP_DIR=modules (holds ViT-B-32.pt)
+#   NUM_GPUS, BATCH_PER_GPU (recipe defaults per script)  OUTPUT_DIR=outputs  RUN_NAME=<dataset>_stop[_tempme-...]
 # TempMe is chosen with environment variables:
 #   TEMPME=none|simple|basic|adaptive   (default none: plain STOP)
 #   RATIO=0.75        simple: fraction of frames kept; basic: output frames = round(input * RATIO)
@@ -48,4 +51,24 @@ launch() {
   local nproc="$1"
   shift
   torchrun --standalone --nproc_per_node "$nproc" "$REPO_DIR/main.py" "$@"
+}
+
+# data_flags DATASET: sets DATA_FLAGS to the dataset, its folders and the CLIP weights.
+data_flags() {
+  DATA_FLAGS=(--dataset "$1" --data_path "${DATA_PATH:-data/$1}" --features_path "${FEATURES_PATH:-data/$1/videos}"
+              --pretrained_dir "${CLIP_DIR:-modules}" --pretrained_clip_name ViT-B/32)
+}
+
+# train_recipe DATASET GPUS BATCH_PER_GPU FLAGS...: train, then test the best
+# epoch, with the flags every recipe shares (AdamW wd 0.2, 10% warmup, bf16, resumable run folder).
+# NUM_GPUS / BATCH_PER_GPU override the recipe's GPUS / BATCH_PER_GPU.
+train_recipe() {
+  local dataset="$1" gpus="${NUM_GPUS:-$2}" per_gpu="${BATCH_PER_GPU:-$3}"
+  shift 3
+  data_flags "$dataset"
+  launch "$gpus" --do_train True --do_eval True "${DATA_FLAGS[@]}" \
+    --batch_size $((gpus * per_gpu)) --batch_size_val 16 \
+    --weight_decay 0.2 --warmup_proportion 0.1 --precision amp_bf16 \
+    --output_dir "${OUTPUT_DIR:-outputs}" --run_name "${RUN_NAME:-${dataset}_stop$(tempme_tag)}" --resume auto \
+    "${TEMPME_FLAGS[@]}" "$@"
 }

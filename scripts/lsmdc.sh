@@ -3,24 +3,8 @@
 #   bash scripts/lsmdc.sh                          STOP
 #   TEMPME=simple RATIO=0.75 bash scripts/lsmdc.sh
 #   TEMPME=basic RATIO=0.6 bash scripts/lsmdc.sh --epochs 1    (extra flags go to main.py)
-# Relaunching the same command resumes the run from its latest checkpoint (--resume auto).
+# Environment: see scripts/common.sh. Relaunching the same command resumes the run (--resume auto).
 set -euo pipefail
-
-DATA_PATH="${DATA_PATH:-data/lsmdc}"                    # annotation files (see README, data section)
-FEATURES_PATH="${FEATURES_PATH:-data/lsmdc/videos}"     # the videos (3 fps re-encoded or raw)
-CLIP_DIR="${CLIP_DIR:-modules}"                          # holds ViT-B-32.pt
-NUM_GPUS="${NUM_GPUS:-4}"
-BATCH_PER_GPU="${BATCH_PER_GPU:-32}"
-OUTPUT_DIR="${OUTPUT_DIR:-outputs}"
-
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-launch "$NUM_GPUS" \
-  --do_train True --do_eval True \
-  --dataset lsmdc --data_path "$DATA_PATH" --features_path "$FEATURES_PATH" \
-  --pretrained_dir "$CLIP_DIR" --pretrained_clip_name ViT-B/32 \
-  --max_words 32 --max_frames 12 --epochs 5 --lr 1e-3 \
-  --batch_size $((NUM_GPUS * BATCH_PER_GPU)) --batch_size_val 16 \
-  --weight_decay 0.2 --warmup_proportion 0.1 --precision amp_bf16 \
-  --output_dir "$OUTPUT_DIR" --run_name "${RUN_NAME:-lsmdc_stop$(tempme_tag)}" --resume auto \
-  "${TEMPME_FLAGS[@]}" "$@"
+train_recipe lsmdc 4 32 --max_words 32 --max_frames 12 --epochs 5 --lr 1e-3 "$@"

@@ -70,6 +70,7 @@ def test_fp16_archive_is_read_as_float32_rounded_weights(tiny_state_dict, tmp_pa
     assert torch.equal(weight, tiny_state_dict["visual.conv1.weight"].half().float())
 
 
+@pytest.mark.slow
 def test_vit_b32_archive_matches_reference(tmp_path):
     """A full-size random ViT-B/32 in OpenAI's fp16 archive format, compared end to end."""
     state_dict = random_clip_state_dict("ViT-B/32", seed=1)

@@ -204,6 +204,7 @@ B32_TRAINABLE_TRANSFORMER = 13_081_528
 B32_TRAINABLE_LINEAR = 4_333_752
 
 
+@pytest.mark.slow
 def test_default_parameter_count_b32():
     sd = random_clip_state_dict("ViT-B/32", seed=0)
     model = build_model(sd, params.get_args([]))

@@ -260,6 +260,7 @@ def test_checkpoint_holds_trainable_tensors_only(single_run, synthetic_dir):
     assert best["epoch"] == ckpt["best_epoch"] and set(best["model"]) == trainable
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_take_the_same_steps(single_run, synthetic_dir, tmp_path):
     """torchrun --nproc_per_node 2 on CPU (gloo), same global batch: same losses, same weights."""
     single_dir, _ = single_run
@@ -320,6 +321,28 @@ def test_eval_only_with_init_model_reproduces_the_test_metrics(single_run, synth
     assert _flat(out["test"]["metrics"]) == pytest.approx(_flat(result["test"]["metrics"]))
     assert set(out["test"]["dsl"]["t2v"]) == {"R1", "R5", "R10", "MdR", "MnR"}
     assert "t2v DSL" in (tmp_path / "eval" / "log.txt").read_text()
+
+
+@pytest.mark.slow
+def test_torchrun_eval_with_a_partial_init_model_evaluates_one_model(single_run, synthetic_dir, tmp_path):
+    """Tensors missing from --init_model keep their initialisation: every rank must initialise them
+    alike (seed before building, seed by rank after), or each rank encodes its shard with another model."""
+    import main
+    run_dir, _ = single_run
+    state = torch.load(run_dir / "best.pt", weights_only=True)["model"]
+    partial = {k: v for k, v in state.items() if ".adapter." not in k}
+    assert len(partial) < len(state)
+    torch.save(partial, tmp_path / "partial.pt")
+    flags = [f for f in _run_flags(tmp_path, synthetic_dir, "one") if f != "--do_train"]
+    flags += ["--do_train", "False", "--init_model", str(tmp_path / "partial.pt")]
+    single = main.main(flags)["test"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(REPO / "main.py"), *flags, "--run_name", "two"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = _records(tmp_path / "two")[-1]
+    assert _flat(two["metrics"]) == pytest.approx(_flat(single["metrics"]), abs=1e-6)
 
 
 def test_resume_auto_needs_a_run_name():

@@ -1,6 +1,8 @@
 """scripts/tempme_quality.py --quick on tiny data: every configuration trains, JSON and PNG are written."""
 from __future__ import annotations
 
+import pytest
+
 import json
 
 from PIL import Image
@@ -8,6 +10,7 @@ from PIL import Image
 from scripts import tempme_quality
 
 
+@pytest.mark.slow
 def test_quick_study_writes_json_and_chart(tmp_path):
     out = tmp_path / "study"
     study_flags = ["--quick", "--num_videos", "8", "--num_test_videos", "4", "--epochs", "1", "--batch_size", "8",

@@ -13,6 +13,7 @@ from scripts import benchmark_tempme, visualize_tempme
 ROW_KEYS = {"type", "ratio", "frames_in", "frames_out", "encode_ms", "compressor_ms", "gflops", "peak_mem_mb"}
 
 
+@pytest.mark.slow
 def test_benchmark_rows_schema_and_savings(tmp_path):
     out = tmp_path / "rows.json"
     benchmark_tempme.main(["--arch", "tiny", "--device", "cpu", "--repeats", "1", "--types", "none", "simple",

@@ -68,7 +68,15 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], trainable
                      source: str, require_all_trainable: bool) -> None:
     """Copy `state` into `model`. Unknown keys are an error; trainable tensors missing from
     `state` are an error when resuming (`require_all_trainable`) and a warning otherwise
-    (e.g. evaluating a STOP checkpoint with TempMe switched on)."""
+    (e.g. evaluating a STOP checkpoint with TempMe switched on). Outside resuming, a module
+    with an `adapt_loaded_state(state, prefix)` method may fit its tensors of another shape
+    (STOP's per-frame prompt table, trained at another number of frames); each change is logged."""
+    if not require_all_trainable:
+        state = dict(state)
+        for name, module in model.named_modules():
+            if hasattr(module, "adapt_loaded_state"):
+                for message in module.adapt_loaded_state(state, f"{name}." if name else ""):
+                    log.info("%s: %s", source, message)
     model_keys = set(model.state_dict())
     unexpected = sorted(set(state) - model_keys)
     if unexpected:

@@ -96,6 +96,27 @@ class TransformerPromptGenerator(nn.Module):
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         return cached_when_frozen(self, "prompts", list(self.parameters()), _autocast_state(), self._generate)
 
+    def adapt_loaded_state(self, state: dict[str, torch.Tensor], prefix: str) -> list[str]:
+        """Fit a loaded `prompt_table` trained with another number of per-frame rows R to this
+        generator's: its frame rows are resampled along time by linear interpolation (first and
+        last frame kept, as ViT position tables are resampled); the text rows are kept. Changes
+        `state` in place; returns a log line per change."""
+        key = prefix + "prompt_table"
+        table = state.get(key)
+        if table is None or table.shape == self.prompt_table.shape:
+            return []
+        frame_rows = table.shape[0] - self.num_text
+        if (table.shape[1] != self.prompt_table.shape[1] or frame_rows <= 0
+                or frame_rows % self.num_local):
+            return []   # not a table of this layout: the shape check reports it
+        loaded_frames = frame_rows // self.num_local
+        frames = table[self.num_text:].reshape(loaded_frames, -1).t()[None]          # [1, n_l * D, R]
+        frames = F.interpolate(frames.float(), size=self.max_frames, mode="linear", align_corners=True)
+        frames = frames[0].t().reshape(self.max_frames * self.num_local, -1).to(table.dtype)
+        state[key] = torch.cat([table[:self.num_text], frames])
+        return [f"{key}: per-frame prompt rows resampled from {loaded_frames} to {self.max_frames} frames "
+                f"(linear interpolation along time)"]
+
     def _generate(self) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = self.prompt_table.view(-1, self.layers, self.width).transpose(0, 1)  # [Lyr, n, W]
         out = self.block(tokens)

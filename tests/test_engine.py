@@ -345,6 +345,35 @@ def test_torchrun_eval_with_a_partial_init_model_evaluates_one_model(single_run,
     assert _flat(two["metrics"]) == pytest.approx(_flat(single["metrics"]), abs=1e-6)
 
 
+@pytest.mark.parametrize("name,extra,rows", [
+    ("frames8", ("--max_frames", "8"), 8),
+    ("simple8", ("--max_frames", "8", "--use_tempme", "True", "--tempme_compression_ratio", "0.5"), 8),
+    ("basic8to6", ("--use_tempme", "True", "--tempme_type", "basic", "--tempme_input_frames", "8",
+                   "--tempme_output_frames", "6"), 6),
+])
+def test_checkpoint_trained_at_4_frames_evaluates_and_fine_tunes_at_other_frame_counts(
+        single_run, synthetic_dir, tmp_path, name, extra, rows):
+    """STOP's per-frame prompt table (4 rows per frame here) is resampled to the new frame count."""
+    import main
+    run_dir, _ = single_run
+    flags = _run_flags(tmp_path, synthetic_dir, name, "--epochs", "1", "--init_model", str(run_dir / "best.pt"),
+                       "--tempme_hidden_dim", "16", *extra)
+    out = main.main(flags)
+    assert math.isfinite(out["epochs"][0]["train_loss"]) and out["test"]["metrics"]["t2v"]["R1"] >= 0
+    log_text = (tmp_path / name / "log.txt").read_text()
+    assert f"per-frame prompt rows resampled from 4 to {rows} frames" in log_text
+    table = torch.load(tmp_path / name / "latest.pt", weights_only=True)["model"]["prompts.prompt_generator.prompt_table"]
+    assert table.shape[0] == 2 + 2 * rows                     # 2 text prompts + 2 local prompts per frame
+
+
+def test_resume_never_resamples_the_prompt_table(single_run, synthetic_dir, tmp_path):
+    import main
+    run_dir, _ = single_run
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        main.main(_run_flags(tmp_path, synthetic_dir, "resume8", "--resume", str(run_dir / "latest.pt"),
+                             "--epochs", "3", "--max_frames", "8"))
+
+
 def test_resume_auto_needs_a_run_name():
     with pytest.raises(SystemExit):
         params.get_args(["--do_train", "--dataset", "synthetic", "--resume", "auto"])

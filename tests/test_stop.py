@@ -240,3 +240,22 @@ def test_postfix_prompts_reach_eot_only_before_eot():
         diff = [prompted_text_forward(clip, ids, p, postfix_before_eot=True) for p in (prompts, changed)]
     torch.testing.assert_close(same[0], same[1])
     assert not torch.allclose(diff[0], diff[1])
+
+
+def test_prompt_table_resampled_along_time_when_loaded_at_another_frame_count():
+    def generator(frames: int) -> TransformerPromptGenerator:
+        return TransformerPromptGenerator(num_text=2, num_local=3, max_frames=frames, layers=2, width=8,
+                                          text_width=4, heads=2)
+
+    trained = generator(2).prompt_table.detach()
+    text, f0, f1 = trained[:2], trained[2:5], trained[5:8]
+    state = {"gen.prompt_table": trained}
+    messages = generator(3).adapt_loaded_state(state, "gen.")
+    assert messages == ["gen.prompt_table: per-frame prompt rows resampled from 2 to 3 frames "
+                        "(linear interpolation along time)"]
+    torch.testing.assert_close(state["gen.prompt_table"], torch.cat([text, f0, (f0 + f1) / 2, f1]))
+    same = {"gen.prompt_table": trained}
+    assert generator(2).adapt_loaded_state(same, "gen.") == [] and same["gen.prompt_table"] is trained
+    one = {"gen.prompt_table": trained[:5]}                        # one frame: copied to every frame
+    generator(4).adapt_loaded_state(one, "gen.")
+    torch.testing.assert_close(one["gen.prompt_table"], torch.cat([text, f0, f0, f0, f0]))

@@ -69,34 +69,94 @@ def _kernel_spectrum(weight: torch.Tensor, fh: int, fw: int) -> torch.Tensor:
     return torch.complex(spec[0], spec[1])
 
 
+def _time_padded_spectrum(x: torch.Tensor, pad: int, fh: int, fw: int) -> torch.Tensor:
+    """x `[N, C, T, H, W]` zero-padded by `pad` frames at both ends -> 2-D spectra `[F, C, N, T + 2 pad]`
+    (F = fh * (fw // 2 + 1) frequencies first, the layout of the per-frequency channel mixing)."""
+    n, c, t = x.shape[:3]
+    spec = torch.fft.rfft2(F.pad(x, (0, 0, 0, 0, pad, pad)), s=(fh, fw))
+    return spec.permute(3, 4, 1, 0, 2).reshape(-1, c, n, t + 2 * pad)
+
+
+def _taps(spec: torch.Tensor, kt: int, t: int) -> torch.Tensor:
+    """Time-padded spectra `[F, C, N, T + kt - 1]` -> the kt shifted windows `[F, kt * C, N * T]`."""
+    f, c, n = spec.shape[:3]
+    return torch.stack([spec[..., a:a + t] for a in range(kt)], dim=1).view(f, kt * c, n * t)
+
+
+def _same_conv(x: torch.Tensor, kernel: torch.Tensor, size: tuple[int, int, int], fh: int, fw: int) -> torch.Tensor:
+    """The "same" convolution of float32 `x [N, C_in, T, H, W]` with a kernel given as its spectrum
+    `kernel [F, C_out, kt * C_in]` (`_kernel_spectrum`) of spatial `size = (kt, kh, kw)`; no bias."""
+    kt, kh, kw = size
+    n, _, t, h, w = x.shape
+    fr = fw // 2 + 1
+    out = torch.bmm(kernel, _taps(_time_padded_spectrum(x, kt // 2, fh, fw), kt, t))   # [F, C_out, N*T]
+    out = torch.fft.irfft2(out.view(fh, fr, -1, n, t).permute(3, 2, 4, 0, 1), s=(fh, fw))
+    return out[..., kh // 2:kh // 2 + h, kw // 2:kw // 2 + w]
+
+
+class _FFTConv3d(torch.autograd.Function):
+    """`F.conv3d(x, weight, bias, padding=same)` by FFT with a hand-written backward.
+
+    Autograd through the FFT path would record every pad, slice, stack and permute and
+    replay them as zero-filled copies; here the input gradient is the same FFT convolution
+    with the adjoint kernel (transposed channels, flipped taps: exact for odd kernels) and the
+    weight gradient the cross-correlation of the output gradient with the input, read at the
+    kernel's lags from one inverse FFT.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, kernel: torch.Tensor,
+                fh: int, fw: int) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.fh, ctx.fw, ctx.has_bias = fh, fw, bias is not None
+        out = _same_conv(x, kernel, tuple(weight.shape[2:]), fh, fw)
+        return out + bias.view(1, -1, 1, 1, 1) if bias is not None else out.contiguous()
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        fh, fw = ctx.fh, ctx.fw
+        c_out, c_in, kt, kh, kw = weight.shape
+        n, _, t = x.shape[:3]
+        grad_out = grad_out.contiguous()
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            adjoint = weight.transpose(0, 1).flip(2, 3, 4)
+            grad_x = _same_conv(grad_out, _kernel_spectrum(adjoint, fh, fw), (kt, kh, kw), fh, fw)
+        if ctx.needs_input_grad[1]:
+            g = _time_padded_spectrum(grad_out, 0, fh, fw).reshape(-1, c_out, n * t)      # [F, C_out, N*T]
+            x_taps = _taps(_time_padded_spectrum(x, kt // 2, fh, fw), kt, t)              # [F, kt*C_in, N*T]
+            cross = torch.bmm(g.conj(), x_taps.transpose(1, 2))                          # [F, C_out, kt*C_in]
+            lags = torch.fft.irfft2(cross.view(fh, fw // 2 + 1, -1).permute(2, 0, 1), s=(fh, fw))
+            rows = (torch.arange(kh, device=x.device) - kh // 2) % fh
+            cols = (torch.arange(kw, device=x.device) - kw // 2) % fw
+            grad_weight = lags[:, rows][:, :, cols].view(c_out, kt, c_in, kh, kw).transpose(1, 2)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad_out.sum((0, 2, 3, 4))
+        return grad_x, grad_weight, grad_bias, None, None, None
+
+
 def fft_conv3d(x: torch.Tensor, conv: nn.Conv3d) -> torch.Tensor:
     """`conv(x)` for a stride-1, "same"-padded `nn.Conv3d` with odd kernel, computed by FFT.
 
-    x: `[N, C_in, T, H, W]` -> `[N, C_out, T, H, W]`, equal to `F.conv3d` up to float rounding.
-    The two spatial axes use the convolution theorem (zero-padded to a fast length >= H + k_h - 1,
-    so nothing wraps around); the few temporal taps are explicit. The channel (and tap) mixing
-    is one complex batched matmul over the frequencies: one small GEMM per frequency, so with
-    few frames its per-GEMM overhead, not its arithmetic, sets the cost, and a single complex
-    product has half the GEMMs of a real/imaginary pair. Runs in float32 (outside autocast):
-    spectra need the range.
+    x: `[N, C_in, T, H, W]` -> `[N, C_out, T, H, W]`, equal to `F.conv3d` up to float rounding,
+    gradients included. The two spatial axes use the convolution theorem (zero-padded to a
+    fast length >= H + k_h - 1, so nothing wraps around); the few temporal taps are explicit.
+    The channel (and tap) mixing is one complex batched matmul over the frequencies: one small
+    GEMM per frequency, so with few frames its per-GEMM overhead, not its arithmetic, sets the
+    cost, and a single complex product has half the GEMMs of a real/imaginary pair. Runs in
+    float32 (outside autocast): spectra need the range.
     """
     kt, kh, kw = conv.kernel_size
     if conv.stride != (1, 1, 1) or conv.padding != (kt // 2, kh // 2, kw // 2) or not (kt % 2 and kh % 2 and kw % 2):
         raise ValueError(f"fft_conv3d needs a stride-1 'same' convolution with odd kernel, got {conv}")
-    n, c_in, t, h, w = x.shape
-    c_out = conv.out_channels
+    h, w = x.shape[-2:]
     fh, fw = fast_fft_size(h + kh - 1), fast_fft_size(w + kw - 1)
     with torch.autocast(device_type=x.device.type, enabled=False):
-        spec = torch.fft.rfft2(F.pad(x.float(), (0, 0, 0, 0, kt // 2, kt // 2)), s=(fh, fw))
-        fr = spec.shape[-1]
-        # [N, C_in, T+kt-1, fh, fr] -> [fh*fr, C_in, N, T+kt-1]
-        spec = spec.permute(3, 4, 1, 0, 2).reshape(fh * fr, c_in, n, t + kt - 1)
-        taps = torch.stack([spec[..., a:a + t] for a in range(kt)], dim=1)   # [F, kt, C_in, N, T]
+        weight = conv.weight.float()
+        # The spectrum is an input of the function without gradient: the weight gradient is
+        # computed directly; in evaluation the spectrum is reused while the weight is unchanged.
         kernel = cached_when_frozen(conv, "spectrum", [conv.weight], (fh, fw),
-                                    lambda: _kernel_spectrum(conv.weight.float(), fh, fw))
-        out = torch.bmm(kernel, taps.view(fh * fr, kt * c_in, n * t))              # [F, C_out, N*T]
-        out = torch.fft.irfft2(out.view(fh, fr, c_out, n, t).permute(3, 2, 4, 0, 1), s=(fh, fw))
-        out = out[..., kh // 2:kh // 2 + h, kw // 2:kw // 2 + w]
-        if conv.bias is not None:
-            out = out + conv.bias.float().view(1, -1, 1, 1, 1)
-    return out
+                                    lambda: _kernel_spectrum(weight.detach(), fh, fw))
+        bias = conv.bias.float() if conv.bias is not None else None
+        return _FFTConv3d.apply(x.float(), weight, bias, kernel, fh, fw)

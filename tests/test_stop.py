@@ -32,6 +32,22 @@ def test_fft_conv3d_equals_direct_convolution(c_in, c_out, kernel, shape):
         torch.testing.assert_close(a, b, atol=5e-4, rtol=1e-3)   # sums over many products
 
 
+def test_fft_conv3d_gradients_only_where_asked():
+    """An input without gradient (the video itself) or a frozen weight gets none; the others match."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(3, 4, (3, 5, 5), padding=(1, 2, 2))
+    x = torch.randn(2, 3, 3, 9, 10)
+    (grad_w,) = torch.autograd.grad(fft_conv3d(x, conv).square().sum(), [conv.weight])
+    torch.testing.assert_close(grad_w, torch.autograd.grad(conv(x).square().sum(), [conv.weight])[0],
+                               atol=5e-4, rtol=1e-3)
+    conv.requires_grad_(False)
+    x.requires_grad_(True)
+    (grad_x,) = torch.autograd.grad(fft_conv3d(x, conv).square().sum(), [x])
+    torch.testing.assert_close(grad_x, torch.autograd.grad(conv(x).square().sum(), [x])[0], atol=5e-4, rtol=1e-3)
+    with torch.no_grad():
+        assert fft_conv3d(x, conv).grad_fn is None
+
+
 def test_fft_conv3d_rejects_non_same_convolution():
     with pytest.raises(ValueError, match="stride-1 'same'"):
         fft_conv3d(torch.zeros(1, 1, 2, 8, 8), torch.nn.Conv3d(1, 1, 3, padding=0))

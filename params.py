@@ -23,19 +23,15 @@ DEMO_DEFAULTS = dict(
     do_eval=True,
     dataset="synthetic",
     clip_init="random",
-    clip_arch="tiny",
+    clip_arch="tiny-32",
     train_clip=True,
-    image_size=64,             # the tiny CLIP's input resolution
+    image_size=32,             # the tiny CLIP's input resolution
     max_frames=4,
     max_words=24,
-    # STOP's two 3-D convolution prompt modules cost ~10x the whole tiny CLIP on CPU (see
-    # README, engine section); everything else of STOP runs. Turn them on explicitly to try them.
-    spatial_prompt=False,
-    temporal_prompt=False,
     synthetic_num_videos=400,
     synthetic_num_test_videos=100,
     synthetic_num_frames=16,
-    synthetic_resolution=64,
+    synthetic_resolution=32,
     synthetic_event_fraction=0.2,
     tempme_compression_ratio=0.5,
     tempme_input_frames=16,
@@ -123,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--synthetic_resolution", type=int, default=64, help="synthetic frame side in pixels")
     data.add_argument("--synthetic_event_fraction", type=float, default=0.5,
                       help="share of synthetic videos carrying a brief captioned event")
+    data.add_argument("--synthetic_distractor_frames", type=int, default=0,
+                      help="uncaptioned outlier frames per synthetic video (noise bursts, cuts), in bursts of 2-3")
     data.add_argument("--synthetic_seed", type=int, default=0)
 
     model = parser.add_argument_group("model")
@@ -197,6 +195,8 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
     for name in positive:
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.synthetic_distractor_frames < 0:
+        parser.error(f"--synthetic_distractor_frames must be >= 0, got {args.synthetic_distractor_frames}")
     if args.num_workers < 0:
         parser.error(f"--num_workers must be >= 0, got {args.num_workers}")
     if args.num_text_prompts < 0 or args.num_text_prompts % 2:

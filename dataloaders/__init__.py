@@ -58,7 +58,7 @@ def dataset_folders(args: argparse.Namespace) -> tuple[str, str]:
             root=args.synthetic_dir, num_videos=args.synthetic_num_videos,
             num_test_videos=args.synthetic_num_test_videos, num_frames=args.synthetic_num_frames,
             resolution=args.synthetic_resolution, event_fraction=args.synthetic_event_fraction,
-            seed=args.synthetic_seed)
+            seed=args.synthetic_seed, distractor_frames=args.synthetic_distractor_frames)
         return folder, os.path.join(folder, "videos")
     for flag in ("data_path", "features_path"):
         if getattr(args, flag) is None:

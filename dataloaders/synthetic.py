@@ -6,13 +6,16 @@ MSR-VTT parser and video reader. Layout of the generated folder:
 
     MSRVTT_train.9k.csv, MSRVTT_data.json (2 captions per video), MSRVTT_JSFUSION_val.csv,
     MSRVTT_JSFUSION_test.csv, videos/video<N>.mp4 (H.264, 8 fps),
-    attributes.json (per video: colour, shape, motion, background, event, event_frames)
+    attributes.json (per video: colour, shape, motion, background, event, event_frames, distractor_frames)
 
 A caption names colour, shape, motion and background; a share of the videos
 (`--synthetic_event_fraction`) also carry a 2-3 frame event that the caption names. Event videos
 come in pairs sharing every other attribute (event vs no event, or two different events), so
-the event alone tells them apart: that is what makes frame selection matter. Within a split
-every caption is unique. Concurrent processes (torchrun ranks) each build in a private temporary
+the event alone tells them apart: that is what makes frame selection matter. With
+`--synthetic_distractor_frames N` every video also carries N uncaptioned outlier frames in bursts
+of 2-3 (noise bursts and cuts to another scene, never on an event frame): frames as distinct as
+the event that no caption mentions, as cuts and flashes in real video. Within a split every
+caption is unique. Concurrent processes (torchrun ranks) each build in a private temporary
 folder and `os.rename` it into place; a process that loses the race reuses the winner's folder.
 """
 from __future__ import annotations
@@ -36,6 +39,7 @@ SHAPES = ("circle", "square", "triangle", "cross")
 MOTIONS = ("horizontally", "vertically", "diagonally", "in a circle")
 BACKGROUNDS = ("striped", "checkered", "dotted", "plain")
 EVENTS = ("a white flash", "a blackout", "a star")
+DISTRACTORS = ("noise", "cut")
 FPS = 8
 TEMPLATES = ("a {colour} {shape} moving {motion} on a {background} background{event}",
              "a {background} background with a {colour} {shape} moving {motion}{event}")
@@ -49,14 +53,18 @@ def default_root() -> str:
 
 
 def ensure_dataset(*, root: str | None, num_videos: int, num_test_videos: int, num_frames: int,
-                   resolution: int, event_fraction: float, seed: int) -> str:
+                   resolution: int, event_fraction: float, seed: int, distractor_frames: int = 0) -> str:
     """Folder of the dataset for these parameters, generating it first if needed."""
     if resolution % 2 or resolution < 16:
         raise ValueError(f"--synthetic_resolution must be even and >= 16 (H.264), got {resolution}")
     if num_frames < 4:
         raise ValueError(f"--synthetic_num_frames must be >= 4, got {num_frames}")
+    if not 0 <= distractor_frames <= num_frames // 2:
+        raise ValueError(f"--synthetic_distractor_frames must be in [0, {num_frames // 2}] (half the "
+                         f"--synthetic_num_frames), got {distractor_frames}")
     params = dict(version=GENERATOR_VERSION, num_videos=num_videos, num_test_videos=num_test_videos,
-                  num_frames=num_frames, resolution=resolution, event_fraction=event_fraction, seed=seed)
+                  num_frames=num_frames, resolution=resolution, event_fraction=event_fraction, seed=seed,
+                  distractor_frames=distractor_frames)
     digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     root = root or default_root()
     final = os.path.join(root, digest)
@@ -188,6 +196,33 @@ def render(attributes: tuple[int, ...], num_frames: int, res: int,
     return frames, event_frames
 
 
+def add_distractors(frames: np.ndarray, count: int, keep: list[int], rng: np.random.Generator) -> list[int]:
+    """Overwrite `count` frames of `frames [F, H, W, 3]` (never those in `keep`, e.g. the event) with
+    bursts of 2-3 uncaptioned outlier frames: uniform noise, or a cut to a still of another scene
+    (another background and shape). Returns the indices written, sorted."""
+    num_frames, res = frames.shape[:2]
+    taken, written = set(keep), []
+    while len(written) < count:
+        length = min(count - len(written), int(rng.integers(2, 4)))
+        starts = [t for t in range(num_frames - length + 1) if not taken & set(range(t - 1, t + length + 1))]
+        if not starts:
+            starts = [t for t in range(num_frames - length + 1) if not taken & set(range(t, t + length))]
+        start = starts[int(rng.integers(len(starts)))]
+        if DISTRACTORS[int(rng.integers(len(DISTRACTORS)))] == "noise":
+            still = None
+        else:
+            still = _background(BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))], res, rng)
+            size = int(res * 0.5) // 2 * 2
+            top, left = rng.integers(0, res - size, size=2)
+            colour = rng.integers(0, 256, size=3).astype(np.uint8)
+            still[top:top + size, left:left + size][_shape_mask(SHAPES[int(rng.integers(len(SHAPES)))], size)] = colour
+        for t in range(start, start + length):
+            frames[t] = rng.integers(0, 256, size=frames[t].shape, dtype=np.uint8) if still is None else still
+            taken.add(t)
+            written.append(t)
+    return sorted(written)
+
+
 def write_mp4(path: str, frames: np.ndarray, fps: int = FPS) -> None:
     """Encode uint8 `[F, H, W, 3]` (H, W even) as H.264 mp4 with PyAV."""
     import av
@@ -211,11 +246,14 @@ def _generate(folder: str, params: dict) -> None:
     next_id = 0
     for split_number, (split, size) in enumerate(sizes.items()):
         rng = np.random.default_rng([params["seed"], split_number])
+        # A stream of its own: with distractors the clips are the clean ones plus the outliers.
+        distractor_rng = np.random.default_rng([params["seed"], split_number, 1])
         ids_of[split] = []
         for attributes in plan_split(size, params["event_fraction"], rng):
             video_id = f"video{next_id}"
             next_id += 1
             frames, event_frames = render(attributes, params["num_frames"], params["resolution"], rng)
+            distractor_frames = add_distractors(frames, params["distractor_frames"], event_frames, distractor_rng)
             write_mp4(os.path.join(folder, "videos", f"{video_id}.mp4"), frames)
             ids_of[split].append((video_id, caption(attributes)))
             videos.append({"id": len(videos), "video_id": video_id, "split": split})
@@ -225,7 +263,8 @@ def _generate(folder: str, params: dict) -> None:
             attributes_json[video_id] = {
                 "split": split, "colour": list(COLOURS)[colour], "shape": SHAPES[shape],
                 "motion": MOTIONS[motion], "background": BACKGROUNDS[background],
-                "event": EVENTS[event] if event >= 0 else None, "event_frames": event_frames}
+                "event": EVENTS[event] if event >= 0 else None, "event_frames": event_frames,
+                "distractor_frames": distractor_frames}
     with open(os.path.join(folder, "MSRVTT_train.9k.csv"), "w") as f:
         f.write("video_id\n" + "".join(f"{v}\n" for v, _ in ids_of["train"]))
     for split, name in (("validate", "MSRVTT_JSFUSION_val.csv"), ("test", "MSRVTT_JSFUSION_test.csv")):

@@ -23,8 +23,8 @@ from torch import nn
 # A function (q, k, v) -> out on heads-split tensors `[N, heads, L, head_dim]`.
 AttentionCore = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
-# Constructor arguments of the CLIP sizes we know; "tiny" is a small random model for the
-# CPU demo, the tests and quick experiments (not a released checkpoint).
+# Constructor arguments of the CLIP sizes we know; "tiny" and "tiny-32" are small random models
+# for the CPU demo, the tests and quick experiments (not released checkpoints).
 CLIP_CONFIGS: dict[str, dict[str, int]] = {
     "ViT-B/32": dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768,
                      vision_patch_size=32, context_length=77, vocab_size=49408,
@@ -38,6 +38,11 @@ CLIP_CONFIGS: dict[str, dict[str, int]] = {
     "tiny": dict(embed_dim=128, image_resolution=64, vision_layers=4, vision_width=128,
                  vision_patch_size=16, context_length=77, vocab_size=49408,
                  transformer_width=128, transformer_heads=2, transformer_layers=4),
+    # The demo's: "tiny" on 32 px frames (same 4x4 patch grid), where STOP's pixel-level prompt
+    # convolutions cost a quarter of what they cost at 64 px.
+    "tiny-32": dict(embed_dim=128, image_resolution=32, vision_layers=4, vision_width=128,
+                    vision_patch_size=8, context_length=77, vocab_size=49408,
+                    transformer_width=128, transformer_heads=2, transformer_layers=4),
 }
 
 # Entries of OpenAI's TorchScript state dict that are not parameters.

@@ -19,7 +19,7 @@ from modules.clip import build_clip
 from modules.clip4clip import CLIP4Clip
 from modules.loss import RetrievalLoss
 from modules.optim import trainable_names
-from modules.stop import StopConfig, StopPrompts, add_adapters
+from modules.stop import REFERENCE_RESOLUTION, StopConfig, StopPrompts, add_adapters
 from modules.tempme import TempMeConfig, get_tempme_model
 
 __all__ = ["build_model", "build_loss", "build_trained_model", "stop_config", "tempme_config", "StopConfig", "TempMeConfig"]
@@ -31,9 +31,11 @@ def tempme_config(args: Any) -> TempMeConfig:
 
 
 def stop_config(args: Any, prompt_frames: int) -> StopConfig:
-    """The "STOP prompts" flags as a `StopConfig` with `prompt_frames` per-frame prompt rows."""
-    return StopConfig(**{f.name: getattr(args, f.name) for f in fields(StopConfig) if f.name != "prompt_frames"},
-                      prompt_frames=prompt_frames)
+    """The "STOP prompts" flags as a `StopConfig` with `prompt_frames` per-frame prompt rows; the
+    prompt kernels shrink with frames smaller than the reference's 224 px (`--image_size`)."""
+    derived = {"prompt_frames": prompt_frames, "kernel_scale": min(1.0, args.image_size / REFERENCE_RESOLUTION)}
+    return StopConfig(**{f.name: getattr(args, f.name) for f in fields(StopConfig) if f.name not in derived},
+                      **derived)
 
 
 def build_model(clip_state_dict: dict[str, torch.Tensor], args: Any) -> CLIP4Clip:

@@ -13,7 +13,9 @@ prompted forward passes of both towers. Its building blocks:
   attention of DESIGN 4.5 as a batch of short sequences.
 
 Cost: every 3-D convolution of the prompts runs as an exact FFT convolution
-(`modules.fft_conv.fft_conv3d`); the parameters stay `nn.Conv3d` modules. The generator's
+(`modules.fft_conv.same_conv3d`); the parameters stay `nn.Conv3d` modules. Below the reference's
+224 px frames their spatial extents shrink with the frame side (`scaled_kernel`), so an 11x11
+kernel stays ~5% of the frame and small demo frames stay cheap. The generator's
 output depends only on parameters and is cached while no gradient is recorded.
 """
 from __future__ import annotations
@@ -26,13 +28,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from modules.clip import CLIP, Attention, AttentionCore, QuickGELU, ResidualAttentionBlock, VisionTransformer
-from modules.fft_conv import cached_when_frozen, fft_conv3d
+from modules.fft_conv import cached_when_frozen, same_conv3d
 
-# Hidden sizes of the reference code's prompt networks (DESIGN 4.3 / 4.4).
+# Kernel sizes of the reference code's prompt networks (DESIGN 4.3 / 4.4), for 224 px frames.
 SPATIAL_KERNEL = (3, 11, 11)
 SCORER_KERNEL = (5, 11, 11)
 VARIATION_KERNEL = (5, 11, 11)
 INTER_KERNEL = (3, 15, 25)
+REFERENCE_RESOLUTION = 224
+
+
+def scaled_kernel(kernel: tuple[int, int, int], scale: float) -> tuple[int, int, int]:
+    """(taps, kh, kw) with the two spatial extents times `scale`, rounded to the nearest odd
+    number, at least 3; the temporal taps are kept. `scale` 1 returns `kernel`."""
+    return (kernel[0], *(max(3, 2 * round((k * scale - 1) / 2) + 1) for k in kernel[1:]))
+
+
+def _same_conv(cin: int, cout: int, kernel: tuple[int, int, int]) -> nn.Conv3d:
+    return nn.Conv3d(cin, cout, kernel, padding=tuple(k // 2 for k in kernel))
 
 
 def _zero_masked_frames(x: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
@@ -172,23 +185,23 @@ class SpatialPrompt(nn.Module):
     are zeroed before every convolution, so they act as the end of the video.
     """
 
-    def __init__(self, *, grid_size: int, patch_size: int, topk: int, scale: float, dropout: float) -> None:
+    def __init__(self, *, grid_size: int, patch_size: int, topk: int, scale: float, dropout: float,
+                 kernel_scale: float = 1.0) -> None:
         super().__init__()
         if not 1 <= topk <= grid_size ** 2:
             raise ValueError(f"--spatial_topk must be in [1, {grid_size ** 2}] (patches per frame), got {topk}")
         self.grid_size, self.patch_size, self.topk, self.scale = grid_size, patch_size, topk, scale
-        pad = tuple(k // 2 for k in SPATIAL_KERNEL)
-        self.convs = nn.ModuleList([nn.Conv3d(cin, cout, SPATIAL_KERNEL, padding=pad)
-                                    for cin, cout in ((3, 9), (9, 9), (9, 9), (9, 16))])
+        kernel = scaled_kernel(SPATIAL_KERNEL, kernel_scale)
+        self.convs = nn.ModuleList([_same_conv(cin, cout, kernel) for cin, cout in ((3, 9), (9, 9), (9, 9), (9, 16))])
         # PReLU after the 2nd and 3rd convolution (none after the 1st: the reference's stack).
         self.acts = nn.ModuleList([nn.Identity(), nn.PReLU(), nn.PReLU(), nn.Identity()])
         self.mlp = nn.Sequential(nn.Linear(16, 16), nn.PReLU(), nn.Linear(16, 3))
         self.dropout = nn.Dropout(dropout)
-        self.scorer = nn.Conv3d(3, 1, SCORER_KERNEL, padding=tuple(k // 2 for k in SCORER_KERNEL))
+        self.scorer = _same_conv(3, 1, scaled_kernel(SCORER_KERNEL, kernel_scale))
 
     def patch_scores(self, x: torch.Tensor) -> torch.Tensor:
         """x `[B, 3, T, H, W]` (padded frames zeroed) -> score per ViT patch `[B, T, P]`."""
-        score_map = fft_conv3d(x, self.scorer)[:, 0]                       # [B, T, H, W]
+        score_map = same_conv3d(x, self.scorer)[:, 0]                       # [B, T, H, W]
         pooled = F.avg_pool2d(score_map.flatten(0, 1), self.patch_size)  # real p x p patches
         return pooled.view(x.shape[0], x.shape[2], -1)
 
@@ -199,7 +212,7 @@ class SpatialPrompt(nn.Module):
         x = _zero_masked_frames(video.transpose(1, 2), video_mask)        # [B, 3, T, H, W]
         prompt = x
         for conv, act in zip(self.convs, self.acts):
-            prompt = act(_zero_masked_frames(fft_conv3d(prompt, conv), video_mask))
+            prompt = act(_zero_masked_frames(same_conv3d(prompt, conv), video_mask))
         prompt = self.dropout(prompt.to(video.dtype))
         prompt = self.dropout(self.mlp(prompt.permute(0, 2, 3, 4, 1)))   # [B, T, H, W, 3]
         prompt = prompt.permute(0, 1, 4, 2, 3)                            # [B, T, 3, H, W]
@@ -221,22 +234,21 @@ class TemporalPrompt(nn.Module):
     """
 
     def __init__(self, *, width: int, heads: int, num_patches: int, num_local: int, scale: float,
-                 eps: float = 1e-6) -> None:
+                 kernel_scale: float = 1.0, eps: float = 1e-6) -> None:
         super().__init__()
         self.scale, self.eps = scale, eps
         self.attn = Attention(width, heads)
         _init_attention(self.attn)
-        self.variation_conv = nn.Conv3d(1, 1, VARIATION_KERNEL, padding=tuple(k // 2 for k in VARIATION_KERNEL))
-        pad = tuple(k // 2 for k in INTER_KERNEL)
-        self.inter_convs = nn.ModuleList([nn.Conv3d(1, 9, INTER_KERNEL, padding=pad),
-                                          nn.Conv3d(9, 1, INTER_KERNEL, padding=pad)])
+        self.variation_conv = _same_conv(1, 1, scaled_kernel(VARIATION_KERNEL, kernel_scale))
+        inter = scaled_kernel(INTER_KERNEL, kernel_scale)
+        self.inter_convs = nn.ModuleList([_same_conv(1, 9, inter), _same_conv(9, 1, inter)])
         self.inter_act = nn.PReLU()
         self.mlp = nn.Sequential(nn.Linear(num_patches, 16), nn.PReLU(), nn.Linear(16, num_local))
 
     def frame_weights(self, tokens: torch.Tensor, video_mask: torch.Tensor,
                       patch_mask: torch.Tensor | None) -> torch.Tensor:
         """tokens `[B, 1, T, P, W]` (padded frames zero) -> per-video min-max weights `[B, T]`."""
-        v = fft_conv3d(tokens, self.variation_conv)[:, 0]                 # [B, T, P, W]
+        v = same_conv3d(tokens, self.variation_conv)[:, 0]                 # [B, T, P, W]
         if patch_mask is not None:
             v = v * (1 + patch_mask.unsqueeze(-1).to(v.dtype))
         v = v.mean(dim=(2, 3))
@@ -257,8 +269,8 @@ class TemporalPrompt(nn.Module):
         attended = self.attn(patches.reshape(b, t * p, w), attn_mask=keys).view(b, 1, t, p, w)
         attended = _zero_masked_frames(attended, video_mask)
         weights = self.frame_weights(attended, video_mask, patch_mask)     # [B, T]
-        x = self.inter_act(_zero_masked_frames(fft_conv3d(attended, self.inter_convs[0]), video_mask))
-        x = fft_conv3d(x, self.inter_convs[1])[:, 0].to(patches.dtype)      # [B, T, P, W]
+        x = self.inter_act(_zero_masked_frames(same_conv3d(attended, self.inter_convs[0]), video_mask))
+        x = same_conv3d(x, self.inter_convs[1])[:, 0].to(patches.dtype)      # [B, T, P, W]
         x = self.mlp(x.transpose(2, 3)).transpose(2, 3)                    # [B, T, n_l, W]
         return self.scale * x * (1 + weights.to(x.dtype)).view(b, t, 1, 1)
 
@@ -378,7 +390,8 @@ PROMPT_GENERATORS = ("transformer", "linear")
 @dataclass
 class StopConfig:
     """STOP's prompt modules (the flags of the "STOP prompts" group in `params.py`), plus
-    `prompt_frames`: rows of the per-frame prompt tables, the most frames that reach CLIP."""
+    `prompt_frames`, rows of the per-frame prompt tables (the most frames that reach CLIP), and
+    `kernel_scale`, the frame side over 224 px (at most 1) that the prompt kernels shrink by."""
     prompt_generator: str = "transformer"
     num_global_prompts: int = 4
     num_local_prompts: int = 4
@@ -393,6 +406,7 @@ class StopConfig:
     adapter_dim: int = 32
     adapter_scale: float = 0.1
     prompt_frames: int = 12
+    kernel_scale: float = 1.0
 
 
 def add_adapters(clip: CLIP, dim: int, scale: float) -> None:
@@ -458,11 +472,11 @@ class StopPrompts(nn.Module):
         nn.init.uniform_(self.global_prompts, -bound, bound)
         self.spatial_prompt = (SpatialPrompt(grid_size=visual.grid_size, patch_size=visual.patch_size,
                                              topk=config.spatial_topk, scale=config.prompt_scale,
-                                             dropout=config.spatial_dropout)
+                                             dropout=config.spatial_dropout, kernel_scale=config.kernel_scale)
                                if config.spatial_prompt else None)
         self.temporal_prompt = (TemporalPrompt(width=visual.width, heads=visual.transformer.heads,
                                                num_patches=visual.num_patches, num_local=config.num_local_prompts,
-                                               scale=config.prompt_scale)
+                                               scale=config.prompt_scale, kernel_scale=config.kernel_scale)
                                 if config.temporal_prompt else None)
 
     def encode_text(self, clip: CLIP, input_ids: torch.Tensor) -> torch.Tensor:

@@ -66,7 +66,7 @@ def _bmm(a: torch.Tensor, b: torch.Tensor, *args, out_val=None, **kwargs) -> int
 
 _bmm._get_raw = True  # the counter passes tensors, not shapes: the dtype is needed
 
-# Formulas the counter lacks (FFTs) or gets wrong (complex matmul, as in `stop.fft_conv3d`).
+# Formulas the counter lacks (FFTs) or gets wrong (complex matmul, as in `fft_conv.fft_conv3d`).
 FLOP_FORMULAS = {aten._fft_r2c: _r2c, aten._fft_c2r: _c2r, aten._fft_c2c: _c2c, aten.bmm: _bmm}
 
 
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device)
     torch.manual_seed(0)
     if args.direct_conv:
-        stop_module.fft_conv3d = lambda x, conv: conv(x.float())
+        stop_module.same_conv3d = lambda x, conv: conv(x.float())
 
     resolution = CLIP_CONFIGS[args.arch]["image_resolution"]
     sd = random_clip_state_dict(args.arch, seed=0)

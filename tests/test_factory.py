@@ -31,11 +31,14 @@ def test_model_from_typed_parts_equals_the_factory_model():
     clip = build_clip(sd)
     compressor = get_tempme_model(TempMeConfig(enabled=True, type="simple", compression_ratio=0.5, hidden_dim=16,
                                                max_frames=4))
-    prompts = StopPrompts(StopConfig(spatial_topk=3, prompt_frames=4), clip)
+    stop = StopConfig(spatial_topk=3, prompt_frames=4, kernel_scale=64 / 224)   # 64 px frames: smaller kernels
+    prompts = StopPrompts(stop, clip)
     add_adapters(clip, dim=32, scale=0.1)
     by_hand = CLIP4Clip(clip, prompts, compressor, frame_teacher=True).eval()
 
-    assert stop_config(args, prompt_frames=4) == StopConfig(spatial_topk=3, prompt_frames=4)
+    assert stop_config(args, prompt_frames=4) == stop
+    assert built.prompts.spatial_prompt.convs[0].kernel_size == (3, 3, 3)           # 11 * 64/224 -> 3
+    assert built.prompts.temporal_prompt.inter_convs[0].kernel_size == (3, 5, 7)     # 15, 25 -> 5, 7
     assert tempme_config(args) == TempMeConfig(enabled=True, type="simple", compression_ratio=0.5, hidden_dim=16,
                                                max_frames=4)
     assert isinstance(built.tempme_compressor, SimpleTempMe) and built.frame_teacher

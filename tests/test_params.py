@@ -39,6 +39,7 @@ def test_demo_defaults_apply_but_explicit_flags_win():
     args = get_args(["--demo", "--epochs", "1"])
     assert args.dataset == "synthetic" and args.clip_init == "random" and args.epochs == 1
     assert args.max_frames == DEMO_DEFAULTS["max_frames"]
+    assert args.spatial_prompt and args.temporal_prompt and args.prompt_mode == "stop"   # the whole STOP
     assert get_args([]).dataset == "msrvtt"
 
 

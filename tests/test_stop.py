@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from modules.clip import CLIP, CLIP_CONFIGS
-from modules.fft_conv import fast_fft_size, fft_conv3d
+from modules.fft_conv import fast_fft_size, fft_conv3d, same_conv3d
 from modules.stop import (Adapter, LinearPromptGenerator, SpatialPrompt, TemporalPrompt, TransformerPromptGenerator,
-                          block_attention, prompted_text_forward, straight_through_topk, text_positions,
-                          visual_sequence_length)
+                          block_attention, prompted_text_forward, scaled_kernel, straight_through_topk,
+                          text_positions, visual_sequence_length)
 
 
 @pytest.mark.parametrize("c_in,c_out,kernel,shape", [
@@ -275,3 +275,14 @@ def test_prompt_table_resampled_along_time_when_loaded_at_another_frame_count():
     one = {"gen.prompt_table": trained[:5]}                        # one frame: copied to every frame
     generator(4).adapt_loaded_state(one, "gen.")
     torch.testing.assert_close(one["gen.prompt_table"], torch.cat([text, f0, f0, f0, f0]))
+
+
+def test_prompt_kernels_shrink_with_the_frame_and_small_ones_run_directly():
+    assert scaled_kernel((3, 11, 11), 1.0) == (3, 11, 11) and scaled_kernel((3, 15, 25), 1.0) == (3, 15, 25)
+    assert scaled_kernel((5, 11, 11), 32 / 224) == (5, 3, 3)                # never below 3, taps kept
+    assert scaled_kernel((3, 15, 25), 64 / 224) == (3, 5, 7)
+    torch.manual_seed(0)
+    for kernel in ((3, 3, 3), (5, 5, 5)):
+        conv = torch.nn.Conv3d(2, 3, kernel, padding=tuple(k // 2 for k in kernel))
+        x = torch.randn(1, 2, 3, 8, 8)
+        torch.testing.assert_close(same_conv3d(x, conv), conv(x), atol=2e-5, rtol=1e-4)

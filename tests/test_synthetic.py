@@ -10,7 +10,7 @@ import torch
 
 import params
 from dataloaders import build_dataset
-from dataloaders.synthetic import EVENTS, ensure_dataset, plan_split, render
+from dataloaders.synthetic import EVENTS, add_distractors, ensure_dataset, plan_split, render
 from dataloaders.video_reader import VideoReader
 
 SMALL = dict(num_videos=24, num_test_videos=8, num_frames=8, resolution=32, event_fraction=0.5, seed=3)
@@ -120,3 +120,28 @@ def test_concurrent_generation_is_safe(tmp_path):
         assert w.exitcode == 0
     paths = {queue.get(timeout=5) for _ in workers}
     assert len(paths) == 1 and os.listdir(tmp_path) == [os.path.basename(paths.pop())]  # no temp leftovers
+
+
+def test_distractors_are_uncaptioned_outliers_away_from_the_event(small, tmp_path):
+    rng = np.random.default_rng(0)
+    frames, events = render((0, 1, 2, 1, 0), 48, 32, rng)
+    clean = frames.copy()
+    written = add_distractors(frames, 12, events, rng)
+    assert len(written) == 12 == len(set(written)) and not set(written) & set(events)
+    changed = [t for t in range(48) if not np.array_equal(frames[t], clean[t])]
+    assert changed == written                                             # exactly those frames, nothing else
+    # Outliers: each is farther from its clip's median frame than any untouched frame is.
+    median = np.median(clean.astype(float), axis=0)
+    distance = [np.abs(frames[t].astype(float) - median).mean() for t in range(48)]
+    untouched = [distance[t] for t in range(48) if t not in written and t not in events]
+    assert min(distance[t] for t in written) > max(untouched)
+    folder = ensure_dataset(root=str(tmp_path), **{**SMALL, "distractor_frames": 3})
+    with open(os.path.join(folder, "attributes.json")) as f, open(os.path.join(small, "attributes.json")) as g:
+        noisy, plain = json.load(f), json.load(g)
+    assert all(len(a["distractor_frames"]) == 3 for a in noisy.values())
+    assert all(a["distractor_frames"] == [] for a in plain.values())
+    assert {v: a["event_frames"] for v, a in noisy.items()} == {v: a["event_frames"] for v, a in plain.items()}
+    with open(os.path.join(folder, "MSRVTT_data.json")) as f, open(os.path.join(small, "MSRVTT_data.json")) as g:
+        assert json.load(f)["sentences"] == json.load(g)["sentences"]      # same clips, same captions
+    with pytest.raises(ValueError, match="--synthetic_distractor_frames"):
+        ensure_dataset(root=str(tmp_path), **{**SMALL, "distractor_frames": 5})

@@ -12,6 +12,7 @@ from dataloaders import DATASETS
 from modules.clip import CLIP_CONFIGS
 from modules.clip4clip import VIDEO_OUTPUTS
 from modules.stop import PROMPT_GENERATORS
+from modules.loss import TEACHERS
 from modules.tempme import TEMPME_TYPES, TempMeConfig
 
 CLIP_ARCHS = tuple(CLIP_CONFIGS)
@@ -169,9 +170,16 @@ def build_parser() -> argparse.ArgumentParser:
     tempme.add_argument("--tempme_max_output_frames", type=int, default=16, help="adaptive: most frames kept")
     tempme.add_argument("--tempme_lr", type=float, default=1e-3, help="learning rate of the compressor")
     tempme.add_argument("--tempme_aux_weight", type=float, default=1.0,
-                        help="weight of the auxiliary loss teaching the compressor's frame scores each "
-                             "frame's distinctiveness among its video's frames in plain-CLIP space (0 = off); "
-                             "costs one extra no-grad CLIP pass over every input frame per training step")
+                        help="weight of the auxiliary loss teaching the compressor's frame scores the teacher's "
+                             "view of every input frame (0 = off)")
+    tempme.add_argument("--tempme_teacher", choices=TEACHERS, default="text",
+                        help="auxiliary targets: text = how surely a frame picks out its own caption among the "
+                             "batch's; distinct = how unlike the rest of its video a frame is (chases outliers "
+                             "such as cuts and flashes); mix = both")
+    tempme.add_argument("--tempme_teacher_share", type=float, default=0.25,
+                        help="share of each training batch whose input frames the model embeds one by one for "
+                             "the teacher (no gradient); the teacher's cost is this share of a pass over every "
+                             "input frame")
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=int, default=5)
@@ -210,7 +218,7 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
     if args.tempme_aux_weight < 0:
         parser.error(f"--tempme_aux_weight must be >= 0 (0 turns the auxiliary loss off), "
                      f"got {args.tempme_aux_weight}")
-    for name in ("warmup_proportion", "spatial_dropout", "synthetic_event_fraction"):
+    for name in ("warmup_proportion", "spatial_dropout", "synthetic_event_fraction", "tempme_teacher_share"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             parser.error(f"--{name} must be in [0, 1], got {getattr(args, name)}")
     if args.use_tempme:

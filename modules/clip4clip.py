@@ -46,23 +46,27 @@ class CLIP4Clip(nn.Module):
         video_output: with prompts, "global_prompt0" (STOP) or "mean_cls" (meanP of the
             prompted frame CLS tokens); without prompts the output is always meanP.
         train_clip: fine-tune CLIP itself.
-        frame_teacher: in training, `forward` also returns plain-CLIP embeddings of every input
-            frame, the teacher of the auxiliary frame-selection loss (`modules.loss`).
+        teacher_share: in training, the share of each batch's videos (the first ceil(share * B))
+            for which `forward` also embeds every input frame (`frame_embeddings`), the teacher
+            of the auxiliary frame-selection loss (`modules.loss`); 0 = never. A share, not every
+            video, because those frames are what TempMe saves CLIP from.
     """
 
     def __init__(self, clip: CLIP, prompts: StopPrompts | None = None, tempme_compressor: nn.Module | None = None,
-                 video_output: str = "global_prompt0", train_clip: bool = False, frame_teacher: bool = False) -> None:
+                 video_output: str = "global_prompt0", train_clip: bool = False, teacher_share: float = 0.0) -> None:
         super().__init__()
         if video_output not in VIDEO_OUTPUTS:
             raise ValueError(f"--video_output must be one of {', '.join(VIDEO_OUTPUTS)}, got {video_output!r}")
-        if frame_teacher and tempme_compressor is None:
+        if not 0.0 <= teacher_share <= 1.0:
+            raise ValueError(f"--tempme_teacher_share must be in [0, 1], got {teacher_share}")
+        if teacher_share and tempme_compressor is None:
             raise ValueError("a frame teacher needs a TempMe compressor to teach")
         self.clip = clip
         self.prompts = prompts
         self.tempme_compressor = tempme_compressor
         self.video_output = video_output
         self.train_clip = train_clip
-        self.frame_teacher = frame_teacher
+        self.teacher_share = teacher_share
         for name, param in clip.named_parameters():  # adapters (STOP's, inside CLIP's blocks) always train
             param.requires_grad_(train_clip or ".adapter." in name)
         self.clip.logit_scale.requires_grad_(False)  # DESIGN 4.9: temperature stays CLIP's
@@ -106,27 +110,43 @@ class CLIP4Clip(nn.Module):
         if not video.is_floating_point():
             video = normalize_video(video)
         video = video.to(self.clip.dtype)
-        info, input_frames = None, video.shape[1]
+        info, source_indices = None, None
+        input_frames = video.shape[1]
         if self.tempme_compressor is not None:
             video, video_mask, info = self.tempme_compressor(video, video_mask)
+            source_indices = info["indices"]
+        emb = self._embed(video, video_mask, source_indices, input_frames)
+        return emb, video_mask, info
+
+    def _embed(self, video: torch.Tensor, video_mask: torch.Tensor, source_indices: torch.Tensor | None,
+               input_frames: int) -> torch.Tensor:
+        """The video tower after the compressor: normalised frames `[B, T, 3, H, W]` -> `[B, D]`;
+        `source_indices [B, T]` locate the frames among `input_frames` (STOP's prompt rows)."""
         visual = self.clip.visual
         if self.prompts is None:
             b, t = video_mask.shape
             frame_emb = visual(video.flatten(0, 1)).view(b, t, -1)
-            return masked_mean_of_normalized(frame_emb, video_mask), video_mask, info
-        glob, cls = self.prompts.encode_video(visual, video, video_mask,
-                                              None if info is None else info["indices"], input_frames)
+            return masked_mean_of_normalized(frame_emb, video_mask)
+        glob, cls = self.prompts.encode_video(visual, video, video_mask, source_indices, input_frames)
         if self.video_output == "global_prompt0":
-            return visual.head(glob[:, 0]), video_mask, info
-        return masked_mean_of_normalized(visual.head(cls), video_mask), video_mask, info
+            return visual.head(glob[:, 0])
+        return masked_mean_of_normalized(visual.head(cls), video_mask)
 
     @torch.no_grad()
-    def teacher_frame_embeddings(self, video: torch.Tensor) -> torch.Tensor:
-        """Plain-CLIP (no prompts) L2-normalised embeddings of every frame, no gradient:
-        normalised `video [B, T, 3, H, W]` -> `[B, T, D]` float32."""
-        b, t = video.shape[:2]
-        frames = self.clip.encode_image(video.flatten(0, 1)).view(b, t, -1).float()
-        return F.normalize(frames, dim=-1)
+    def frame_embeddings(self, video: torch.Tensor, video_mask: torch.Tensor) -> torch.Tensor:
+        """Every real frame alone through the video tower (a one-frame video at its place in
+        time, no compressor), L2-normalised, no gradient: normalised `video [B, T, 3, H, W]`,
+        `video_mask [B, T]` -> `[B, T, D]` float32 (zeros at padded frames)."""
+        b, t = video_mask.shape
+        real = video_mask > 0
+        if not real.any():
+            return video.new_zeros(b, t, self.clip.visual.proj.shape[1], dtype=torch.float32)
+        position = torch.arange(t, device=video.device).expand(b, t)[real]
+        frames = video[real][:, None]                                            # [N, 1, 3, H, W]
+        emb = self._embed(frames, frames.new_ones(frames.shape[0], 1), position[:, None], t)
+        out = emb.new_zeros(b, t, emb.shape[-1], dtype=torch.float32)
+        out[real] = F.normalize(emb.float(), dim=-1)
+        return out
 
     def logit_scale(self) -> torch.Tensor:
         """The similarity temperature `exp(logit_scale)`, clamped to at most 100 (a scalar)."""
@@ -142,8 +162,8 @@ class CLIP4Clip(nn.Module):
 
         Returns {"text_emb" `[B, D]`, "video_emb" `[B, D]`, "logit_scale" (scalar, exp'd),
         "video_mask" `[B, T']` (frames CLIP saw), "info" (the compressor's, or None)}; in
-        training with a frame teacher also "teacher_frame_emb" `[B, T_in, D]` and
-        "input_mask" `[B, T_in]`.
+        training with a teacher share also "teacher_frame_emb" `[B_t, T_in, D]`
+        (`frame_embeddings` of the first B_t = ceil(share * B) videos) and "input_mask" `[B_t, T_in]`.
         """
         if not video.is_floating_point():
             video = normalize_video(video)  # once: the compressor and the teacher share it
@@ -151,7 +171,9 @@ class CLIP4Clip(nn.Module):
         video_emb, mask_out, info = self.encode_video(video, video_mask)
         outputs = {"text_emb": text_emb, "video_emb": video_emb, "logit_scale": self.logit_scale(),
                    "video_mask": mask_out, "info": info}
-        if self.training and self.frame_teacher:
-            outputs["teacher_frame_emb"] = self.teacher_frame_embeddings(video.to(self.clip.dtype))
-            outputs["input_mask"] = video_mask
+        if self.training and self.teacher_share > 0:
+            taught = math.ceil(self.teacher_share * video.shape[0])
+            outputs["teacher_frame_emb"] = self.frame_embeddings(video[:taught].to(self.clip.dtype),
+                                                                 video_mask[:taught])
+            outputs["input_mask"] = video_mask[:taught]
         return outputs

@@ -41,7 +41,8 @@ def stop_config(args: Any, prompt_frames: int) -> StopConfig:
 def build_model(clip_state_dict: dict[str, torch.Tensor], args: Any) -> CLIP4Clip:
     """CLIP4Clip over a CLIP holding `clip_state_dict`, with what the flags ask for: STOP's prompts
     and adapters (`--prompt_mode stop`), a TempMe compressor (`--use_tempme`), the output mode,
-    CLIP fine-tuning, and the frame teacher of the auxiliary loss (`--tempme_aux_weight > 0`).
+    CLIP fine-tuning, and the share of each batch taught frame by frame for the auxiliary loss
+    (`--tempme_teacher_share`, when `--tempme_aux_weight > 0`).
 
     The per-frame prompt tables get one row per frame that can reach CLIP: `--max_frames`, or
     the compressor's most output frames if larger. Raises ValueError naming the flag for
@@ -58,8 +59,9 @@ def build_model(clip_state_dict: dict[str, torch.Tensor], args: Any) -> CLIP4Cli
         prompts = StopPrompts(config, clip)
         if config.adapter:
             add_adapters(clip, config.adapter_dim, config.adapter_scale)
+    teacher_share = args.tempme_teacher_share if compressor is not None and args.tempme_aux_weight > 0 else 0.0
     return CLIP4Clip(clip, prompts, compressor, video_output=args.video_output, train_clip=args.train_clip,
-                     frame_teacher=compressor is not None and args.tempme_aux_weight > 0)
+                     teacher_share=teacher_share)
 
 
 def build_trained_model(args: Any, checkpoint_path: str | None = None,
@@ -77,5 +79,5 @@ def build_trained_model(args: Any, checkpoint_path: str | None = None,
 
 def build_loss(args: Any) -> RetrievalLoss:
     """The training loss: symmetric InfoNCE, plus `--tempme_aux_weight` x the frame-selection loss
-    when TempMe is on."""
-    return RetrievalLoss(aux_weight=args.tempme_aux_weight if args.use_tempme else 0.0)
+    of `--tempme_teacher` when TempMe is on."""
+    return RetrievalLoss(aux_weight=args.tempme_aux_weight if args.use_tempme else 0.0, teacher=args.tempme_teacher)

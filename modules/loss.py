@@ -59,22 +59,53 @@ def distinctiveness_targets(frame_emb: torch.Tensor, video_mask: torch.Tensor,
     return (distinct - centre) / (std + 1e-6) / temperature
 
 
+def caption_relevance_targets(frame_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Target logits `[B_t, T]`: how surely each frame picks out its own video's caption among the
+    batch's captions, `log softmax_c(logit_scale * cos(text_c, frame))` at c = its video.
+
+    `frame_emb [B_t, T, D]` (L2-normalised) belongs to the first B_t of the captions
+    `text_emb [B, D]`. A frame showing what the caption says, including the detail that tells it
+    from the other captions, scores high; an outlier that no caption describes scores low.
+    """
+    texts = F.normalize(text_emb.detach().float(), dim=-1)
+    logits = logit_scale.detach().float() * frame_emb @ texts.t()                 # [B_t, T, B]
+    own = torch.arange(frame_emb.shape[0], device=frame_emb.device)
+    return logits.log_softmax(-1)[own, :, own]
+
+
+TEACHERS = ("distinct", "text", "mix")
+
+
 class RetrievalLoss(nn.Module):
     """Symmetric InfoNCE over the global batch, plus `aux_weight` x the frame-selection loss.
 
     The auxiliary term teaches the compressor's frame scores (`outputs["info"]["scores"]`)
-    every input frame's distinctiveness among its video's frames in plain-CLIP space
-    (`distinctiveness_targets` of `outputs["teacher_frame_emb"]`): the straight-through gate
-    only tells the compressor about frames it already selected. It is added when the model
-    returned teacher embeddings (training with a frame teacher) and `aux_weight > 0`.
+    about every input frame of the videos the model embedded frame by frame
+    (`outputs["teacher_frame_emb"]`, training with a teacher share): the straight-through gate
+    only tells the compressor about frames it already selected. `teacher` picks the targets:
+    "distinct" (`distinctiveness_targets`: frames unlike the rest of their video), "text"
+    (`caption_relevance_targets`: frames that pick out their own caption) or "mix" (the sum).
     """
 
-    def __init__(self, aux_weight: float = 0.0, aux_temperature: float = AUX_TEMPERATURE) -> None:
+    def __init__(self, aux_weight: float = 0.0, teacher: str = "text", aux_temperature: float = AUX_TEMPERATURE) -> None:
         super().__init__()
         if aux_weight < 0:
             raise ValueError(f"--tempme_aux_weight must be >= 0, got {aux_weight}")
+        if teacher not in TEACHERS:
+            raise ValueError(f"--tempme_teacher must be one of {', '.join(TEACHERS)}, got {teacher!r}")
         self.aux_weight = aux_weight
+        self.teacher = teacher
         self.aux_temperature = aux_temperature
+
+    def frame_targets(self, outputs: dict[str, Any]) -> torch.Tensor:
+        """The teacher's target logits `[B_t, T_in]` for the taught videos of `outputs`."""
+        frame_emb, mask = outputs["teacher_frame_emb"], outputs["input_mask"]
+        targets = 0.0
+        if self.teacher in ("distinct", "mix"):
+            targets = targets + distinctiveness_targets(frame_emb, mask, self.aux_temperature)
+        if self.teacher in ("text", "mix"):
+            targets = targets + caption_relevance_targets(frame_emb, outputs["text_emb"], outputs["logit_scale"])
+        return targets
 
     def forward(self, outputs: dict[str, Any], output_dict: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
         """`outputs` of `CLIP4Clip.forward` -> the scalar loss, or with `output_dict`
@@ -84,9 +115,9 @@ class RetrievalLoss(nn.Module):
                                                    outputs["logit_scale"])}
         loss = losses["contrastive"]
         if self.aux_weight > 0 and "teacher_frame_emb" in outputs:
-            targets = distinctiveness_targets(outputs["teacher_frame_emb"], outputs["input_mask"],
-                                              self.aux_temperature)
-            losses["frame_selection"] = frame_score_loss(outputs["info"]["scores"], targets, outputs["input_mask"])
+            taught = outputs["teacher_frame_emb"].shape[0]
+            losses["frame_selection"] = frame_score_loss(outputs["info"]["scores"][:taught],
+                                                         self.frame_targets(outputs), outputs["input_mask"])
             loss = loss + self.aux_weight * losses["frame_selection"]
         losses["loss"] = loss
         return losses if output_dict else loss

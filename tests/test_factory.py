@@ -34,14 +34,14 @@ def test_model_from_typed_parts_equals_the_factory_model():
     stop = StopConfig(spatial_topk=3, prompt_frames=4, kernel_scale=64 / 224)   # 64 px frames: smaller kernels
     prompts = StopPrompts(stop, clip)
     add_adapters(clip, dim=32, scale=0.1)
-    by_hand = CLIP4Clip(clip, prompts, compressor, frame_teacher=True).eval()
+    by_hand = CLIP4Clip(clip, prompts, compressor, teacher_share=0.25).eval()
 
     assert stop_config(args, prompt_frames=4) == stop
     assert built.prompts.spatial_prompt.convs[0].kernel_size == (3, 3, 3)           # 11 * 64/224 -> 3
     assert built.prompts.temporal_prompt.inter_convs[0].kernel_size == (3, 5, 7)     # 15, 25 -> 5, 7
     assert tempme_config(args) == TempMeConfig(enabled=True, type="simple", compression_ratio=0.5, hidden_dim=16,
                                                max_frames=4)
-    assert isinstance(built.tempme_compressor, SimpleTempMe) and built.frame_teacher
+    assert isinstance(built.tempme_compressor, SimpleTempMe) and built.teacher_share == 0.25
     a, b = built.state_dict(), by_hand.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     video = torch.randint(0, 256, (2, 4, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
@@ -53,6 +53,7 @@ def test_model_from_typed_parts_equals_the_factory_model():
 
 def test_loss_follows_the_flags():
     assert build_loss(params.get_args(FLAGS)).aux_weight == 1.0
+    assert build_loss(params.get_args(FLAGS + ["--tempme_teacher", "distinct"])).teacher == "distinct"
     assert build_loss(params.get_args(FLAGS + ["--tempme_aux_weight", "0.3"])).aux_weight == 0.3
     assert build_loss(params.get_args(FLAGS + ["--use_tempme", "False"])).aux_weight == 0.0
     assert isinstance(build_loss(params.get_args([])), RetrievalLoss)

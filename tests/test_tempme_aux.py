@@ -10,7 +10,8 @@ import params
 from modules.clip import random_clip_state_dict
 from modules.clip4clip import CLIP4Clip
 from modules.factory import build_loss, build_model
-from modules.loss import RetrievalLoss
+from dataloaders.video_reader import normalize_video
+from modules.loss import RetrievalLoss, caption_relevance_targets, distinctiveness_targets
 
 SIDE, WORDS, T_IN = 64, 12, 6
 
@@ -28,7 +29,8 @@ def _args(tempme_type: str, aux_weight: float, prompt_mode: str = "none"):
                             "--tempme_output_frames", "3", "--tempme_max_input_frames", str(T_IN),
                             "--tempme_min_output_frames", "2", "--tempme_max_output_frames", "4",
                             "--tempme_hidden_dim", "16", "--tempme_num_layers", "1",
-                            "--tempme_aux_weight", str(aux_weight)])
+                            "--tempme_aux_weight", str(aux_weight), "--tempme_teacher", "distinct",
+                            "--tempme_teacher_share", "1"])
 
 
 def _model(sd, tempme_type: str, aux_weight: float, prompt_mode: str = "none") -> CLIP4Clip:
@@ -54,7 +56,7 @@ def _score_head(model: CLIP4Clip) -> torch.Tensor:
 
 
 def _losses(model: CLIP4Clip, batch, aux_weight: float = 1.0) -> dict[str, torch.Tensor]:
-    return RetrievalLoss(aux_weight=aux_weight)(model(*batch), output_dict=True)
+    return RetrievalLoss(aux_weight=aux_weight, teacher="distinct")(model(*batch), output_dict=True)
 
 
 @pytest.mark.parametrize("tempme_type,prompt_mode", [("simple", "none"), ("basic", "none"), ("adaptive", "stop")])
@@ -96,16 +98,17 @@ def test_aux_alone_teaches_the_distinct_frame(tiny_sd, monkeypatch):
     mask[:] = 1
     dim = 8
 
-    def encode_image(x: torch.Tensor) -> torch.Tensor:   # [B*T, 3, H, W] -> [B*T, D]
-        bright = (x.mean((1, 2, 3)) > 1.0).float()[:, None]
-        wobble = 0.1 * torch.randn(x.shape[0], dim, generator=torch.Generator().manual_seed(0))
-        return torch.eye(dim)[0] + 4 * bright * torch.eye(dim)[1] + wobble
+    def frame_embeddings(x: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:   # [B, T, 3, H, W] -> [B, T, D]
+        bright = (x.mean((2, 3, 4)) > 1.0).float()[..., None]
+        wobble = 0.1 * torch.randn(*x.shape[:2], dim, generator=torch.Generator().manual_seed(0))
+        return torch.nn.functional.normalize(torch.eye(dim)[0] + 4 * bright * torch.eye(dim)[1] + wobble, dim=-1)
 
-    monkeypatch.setattr(model.clip, "encode_image", encode_image)
+    monkeypatch.setattr(model, "frame_embeddings", frame_embeddings)
 
     def aux_and_info() -> tuple[torch.Tensor, dict]:
         outputs = model(*batch)
-        return RetrievalLoss(aux_weight=1.0)(outputs, output_dict=True)["frame_selection"], outputs["info"]
+        loss = RetrievalLoss(aux_weight=1.0, teacher="distinct")(outputs, output_dict=True)["frame_selection"]
+        return loss, outputs["info"]
 
     first, info = aux_and_info()
     assert info["scores"][:, 3].lt(info["scores"].amax(1)).all()
@@ -125,3 +128,43 @@ def test_negative_weight_is_rejected():
         params.get_args(["--tempme_aux_weight", "-1"])
     with pytest.raises(ValueError, match="tempme_aux_weight"):
         RetrievalLoss(aux_weight=-1.0)
+
+
+def test_caption_relevance_is_the_frames_posterior_of_its_own_caption():
+    torch.manual_seed(0)
+    frames = F.normalize(torch.randn(2, 5, 8), dim=-1)
+    texts = torch.randn(3, 8)                                  # 2 taught videos, 3 captions in the batch
+    scale = torch.tensor(20.0)
+    got = caption_relevance_targets(frames, texts, scale)
+    for b in range(2):
+        for t in range(5):
+            logits = scale * F.cosine_similarity(frames[b, t][None], texts, dim=-1)
+            torch.testing.assert_close(got[b, t], logits.log_softmax(0)[b])
+
+
+def test_text_teacher_prefers_the_telling_frame_where_distinctiveness_chases_the_outlier():
+    """Video 0's caption differs from video 1's by an event shown in frame 2 only; frame 4 is an
+    uncaptioned outlier (a cut); video 2 shows something else. Distinctiveness ranks the outlier
+    first; caption relevance ranks the event first and the outlier, which matches no caption, last."""
+    content, event, other, outlier, elsewhere = torch.eye(8)[:5]
+    captions = torch.stack([content + event, content + other, elsewhere])
+    frames = torch.stack([content, content, content + event, content, outlier])[None]   # [1, 5, D]
+    frames = F.normalize(frames + 0.01 * torch.randn(1, 5, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    mask = torch.ones(1, 5)
+    assert distinctiveness_targets(frames, mask).argmax() == 4
+    relevance = caption_relevance_targets(frames, captions, torch.tensor(30.0))
+    assert relevance.argmax() == 2 and relevance[0, 4] < relevance[0, :4].min()
+
+
+@pytest.mark.parametrize("prompt_mode", ["none", "stop"])
+def test_frame_embeddings_are_one_frame_videos_at_their_place_in_time(tiny_sd, prompt_mode):
+    model = _model(tiny_sd, "simple", 1.0, prompt_mode).eval()
+    _, _, video, mask = _batch(2)
+    video = normalize_video(video)
+    emb = model.frame_embeddings(video, mask)
+    assert emb.shape == (2, T_IN, 128) and emb.grad_fn is None
+    assert torch.equal(emb[-1, -2:], torch.zeros(2, 128))              # padded frames stay empty
+    with torch.no_grad():
+        for b, t in ((0, 0), (1, 3)):
+            alone = model._embed(video[b:b + 1, t:t + 1], torch.ones(1, 1), torch.tensor([[t]]), T_IN)
+            torch.testing.assert_close(emb[b, t], F.normalize(alone[0], dim=-1), atol=1e-5, rtol=1e-4)

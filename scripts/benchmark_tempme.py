@@ -16,6 +16,13 @@ time/none, flops/none; comp share is the compressor's time over that row's encod
 shared CPU drifts by 10-20% within minutes, so rows are not timed in separate windows: each
 compressed row's encode is timed in alternation with its `none` row, and its `encode_ms` is the
 median of those paired ratios times the `none` row's median.
+
+`--train` times a training step instead (train mode, forward + loss + backward, per video): STOP
+on every input frame (`none`) against TempMe rows, whose step adds the frame teacher at its cost
+per video (`--tempme_teacher_share` x one pass embedding every input frame of a video, timed on
+its own). Default rows: simple keeping 6 of 12, basic 48 -> 8, and their `none` references.
+
+    python scripts/benchmark_tempme.py --train --device cpu --repeats 3 --json outputs/bench_train.json
 """
 from __future__ import annotations
 
@@ -34,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from modules.clip import load_clip_state_dict, random_clip_state_dict  # noqa: E402
 from modules.clip4clip import CLIP4Clip  # noqa: E402
-from modules.factory import build_model  # noqa: E402
+from modules.factory import build_loss, build_model  # noqa: E402
 from scripts.benchmark_model import count_flops, time_ms, times_ms  # noqa: E402
 from params import get_args  # noqa: E402
 
@@ -68,6 +75,7 @@ DEFAULT_GRID = (
     + [Setting("basic", 32, 12 / 32, 12), Setting("basic", 48, 8 / 48, 8),
        Setting("adaptive", 48, 1.0, 16, 8)]
 )
+TRAIN_GRID = (Setting("none", 12), Setting("simple", 12, 0.5), Setting("none", 48), Setting("basic", 48, 8 / 48, 8))
 
 
 @dataclass
@@ -145,6 +153,85 @@ def measure(setting: Setting, encoder: Encoder, batch: int, repeats: int, device
     return Row(setting.type, setting.ratio, setting.frames_in, frames_out, encode_ms, compressor_ms, gflops, peak)
 
 
+@dataclass
+class TrainRow:
+    type: str
+    ratio: float
+    frames_in: int
+    frames_out: float
+    step_ms: float         # per video: forward + backward, plus the teacher's share
+    teacher_ms: float      # per video: one teacher pass over every input frame (no gradient)
+    teacher_share: float
+    step_vs_none: float    # median paired ratio to STOP's step on every input frame
+
+
+@dataclass
+class Trainer:
+    """One built configuration in train mode: its training step and its teacher pass."""
+    step: Callable[[], torch.Tensor]          # forward + loss + backward; returns the frame mask after TempMe
+    teacher: Callable[[], object] | None      # embeds every input frame, as the teacher does
+    teacher_share: float
+
+
+def build_trainer(setting: Setting, clip_state: dict[str, torch.Tensor], base_flags: list[str], batch: int,
+                  device: torch.device, autocast: Callable[[], contextlib.AbstractContextManager]) -> Trainer:
+    config = get_args(base_flags + setting.flags())
+    # The student step without the teacher; the teacher is timed alone and counted at its share.
+    model = build_model(clip_state, get_args(base_flags + setting.flags() + ["--tempme_teacher_share", "0"]))
+    model.to(device).train()
+    loss_fn = build_loss(config)
+    video = benchmark_video(batch, setting.frames_in, config.image_size, device)
+    mask = torch.ones(batch, setting.frames_in, dtype=torch.long, device=device)
+    ids = torch.zeros(batch, config.max_words, dtype=torch.long, device=device)
+    ids[:, 0], ids[:, 1:9], ids[:, 9] = 49406, torch.arange(400, 408, device=device), 49407
+
+    def step() -> torch.Tensor:
+        with autocast():
+            outputs = model(ids, (ids > 0).long(), video, mask)
+            loss = loss_fn(outputs)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        return outputs["video_mask"]
+
+    def teacher() -> object:
+        with torch.no_grad(), autocast():
+            return model.frame_embeddings(video, mask)
+
+    share = config.tempme_teacher_share if config.use_tempme and config.tempme_aux_weight > 0 else 0.0
+    return Trainer(step, teacher if share else None, share)
+
+
+def measure_train(setting: Setting, trainer: Trainer, batch: int, repeats: int, device: torch.device,
+                  reference: tuple[Callable[[], object], float] | None) -> TrainRow:
+    """Train row of `setting`: each repeat times the step (and the teacher) in alternation with
+    the reference step, so the ratio is paired; ms are per video."""
+    frames_out = trainer.step().float().sum(1).mean().item()  # also the warm-up call
+    teacher_ms = time_ms(trainer.teacher, device, repeats) / batch if trainer.teacher else 0.0
+    if reference is None:
+        step_ms = time_ms(trainer.step, device, repeats) / batch
+        return TrainRow(setting.type, setting.ratio, setting.frames_in, frames_out, step_ms, 0.0, 0.0, 1.0)
+    reference_step, reference_ms = reference
+    ratios = []
+    for _ in range(repeats):
+        own = times_ms(trainer.step, device, 1, warmup=False)[0] / batch
+        if trainer.teacher:
+            own += trainer.teacher_share * times_ms(trainer.teacher, device, 1, warmup=False)[0] / batch
+        ratios.append(own / (times_ms(reference_step, device, 1, warmup=False)[0] / batch))
+    ratio = statistics.median(ratios)
+    return TrainRow(setting.type, setting.ratio, setting.frames_in, frames_out, ratio * reference_ms, teacher_ms,
+                    trainer.teacher_share, ratio)
+
+
+def print_train_table(rows: list[TrainRow]) -> None:
+    header = (f"{'type':9}{'ratio':>7}{'in':>5}{'out':>7}{'step ms':>11}{'teacher ms':>12}{'share':>7}"
+              f"{'step/none':>11}")
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r.type:9}{r.ratio:>7.3f}{r.frames_in:>5}{r.frames_out:>7.2f}{r.step_ms:>11.1f}"
+              f"{r.teacher_ms:>12.1f}{r.teacher_share:>7.2f}{r.step_vs_none:>11.3f}")
+
+
 def print_table(rows: list[Row]) -> None:
     baseline = {r.frames_in: r for r in rows if r.type == "none"}
     header = (f"{'type':9}{'ratio':>7}{'in':>5}{'out':>7}{'encode ms':>11}{'comp ms':>9}{'GFLOPs':>9}"
@@ -163,6 +250,8 @@ def print_table(rows: list[Row]) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--train", action="store_true",
+                        help="time training steps (forward + backward + teacher) instead of the visual encode")
     parser.add_argument("--weights", default=None, help="CLIP weights file (default: random CLIP of --arch)")
     parser.add_argument("--arch", default="ViT-B/32", help="random CLIP size when --weights is not given")
     parser.add_argument("--batch_size", type=int, default=1)
@@ -178,7 +267,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> list[Row]:
+def main(argv: list[str] | None = None) -> list[Row] | list[TrainRow]:
     args = parse_args(argv)
     device = torch.device(args.device)
     if args.weights:
@@ -193,21 +282,24 @@ def main(argv: list[str] | None = None) -> list[Row]:
     def autocast() -> contextlib.AbstractContextManager:
         return torch.autocast(device.type, dtype=dtype) if use_amp else contextlib.nullcontext()
 
-    grid = [s for s in DEFAULT_GRID if s.type in args.types and s.frames_in <= args.max_input_frames]
-    print(f"device={device} batch={args.batch_size} repeats={args.repeats} "
+    grid = [s for s in (TRAIN_GRID if args.train else DEFAULT_GRID)
+            if s.type in args.types and s.frames_in <= args.max_input_frames]
+    print(f"device={device} batch={args.batch_size} repeats={args.repeats} mode={'train' if args.train else 'encode'} "
           f"precision={args.precision if use_amp else 'fp32'} weights={args.weights or 'random ' + args.arch} "
           f"threads={torch.get_num_threads()}"
           + (f" gpu={torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""), flush=True)
+    build, measure_row = (build_trainer, measure_train) if args.train else (build_encoder, measure)
     rows = []
-    references: dict[int, tuple[Callable[[], object], float]] = {}  # frames_in -> `none` encode, its ms/video
+    references: dict[int, tuple[Callable[[], object], float]] = {}  # frames_in -> `none` call, its ms/video
     for setting in grid:
-        encoder = build_encoder(setting, clip_state, base_flags, args.batch_size, device, autocast)
-        row = measure(setting, encoder, args.batch_size, args.repeats, device, references.get(setting.frames_in))
+        built = build(setting, clip_state, base_flags, args.batch_size, device, autocast)
+        row = measure_row(setting, built, args.batch_size, args.repeats, device, references.get(setting.frames_in))
         if setting.type == "none":
-            references[setting.frames_in] = (encoder.encode, row.encode_ms)
+            references[setting.frames_in] = (built.step if args.train else built.encode,
+                                             row.step_ms if args.train else row.encode_ms)
         rows.append(row)
         print(f"  measured {setting.type} in={setting.frames_in} ratio={setting.ratio:.3f}", flush=True)
-    print_table(rows)
+    (print_train_table if args.train else print_table)(rows)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps([asdict(r) for r in rows], indent=2))

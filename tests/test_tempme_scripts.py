@@ -115,7 +115,7 @@ def test_visualizer_writes_sheet_with_grid_size(tmp_path, synthetic_flags):
     image = Image.open(written[0])
     image.verify()
     image = Image.open(written[0]).convert("RGB")
-    size = 64 + 2 * 3  # frame + border on both sides
+    size = 32 + 2 * 3  # the demo's 32 px frame + border on both sides
     assert image.width == 5 * size                       # 12 frames in 5 columns
     caption_rows = image.height - 3 * (size + visualize_tempme.LABEL_HEIGHT)
     assert 0 < caption_rows < 80                          # 3 grid rows under the caption

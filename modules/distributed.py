@@ -28,6 +28,12 @@ def is_main_process() -> bool:
     return get_rank() == 0
 
 
+def launch_rank() -> int:
+    """This process's rank as torchrun set it (RANK), also before the process group exists or
+    when it could not be joined: who reports an error that every rank meets."""
+    return get_rank() if is_distributed() else int(os.environ.get("RANK", "0"))
+
+
 def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 

@@ -177,7 +177,9 @@ def test_missing_annotation_file_names_file_and_layout(tmp_path, dataset, missin
         (data / "MSRVTT_train.9k.csv").write_text("video_id\nvideo0\n")
     with pytest.raises(FileNotFoundError) as error:
         build_dataset(get_args(dataset, data, videos), "train", tokenize)
-    assert missing_name in str(error.value) and "Expected layout" in str(error.value)
+    message = str(error.value)
+    assert str(data / missing_name) in message and "\n" not in message
+    assert f"python -m dataloaders.check --dataset {dataset} --layout" in message
 
 
 @pytest.fixture

@@ -281,7 +281,8 @@ def test_torchrun_two_processes_take_the_same_steps(single_run, synthetic_dir, t
     assert len(torch.load(tmp_path / "ddp" / "latest.pt", weights_only=True)["rng"]) == 2
 
 
-def test_killed_run_resumed_with_auto_ends_like_an_uninterrupted_one(synthetic_dir, tmp_path, monkeypatch):
+def test_killed_run_resumed_with_auto_ends_like_an_uninterrupted_one(synthetic_dir, tmp_path, monkeypatch,
+                                                                   capsys):
     """Batches of 4 (2 steps per epoch, order from the restored RNG) with TempMe on: kill right after
     epoch 1's checkpoint, relaunch with --resume auto, compare with a run never interrupted."""
     import main
@@ -297,8 +298,10 @@ def test_killed_run_resumed_with_auto_ends_like_an_uninterrupted_one(synthetic_d
             raise KeyboardInterrupt("simulated kill after the first epoch's checkpoint")
 
     monkeypatch.setattr(checkpoint, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as stop:
         main.main(_run_flags(tmp_path, synthetic_dir, "killed", *extra))
+    assert stop.value.code == 130
+    assert capsys.readouterr().err.splitlines()[-1] == "interrupted at epoch 1 step 2; continue with --resume auto"
     monkeypatch.setattr(checkpoint, "save_checkpoint", real_save)
     assert len(_records(tmp_path / "killed")) == 1
     resumed = main.main(_run_flags(tmp_path, synthetic_dir, "killed", *extra))

@@ -34,6 +34,7 @@ import argparse
 import logging
 import os
 import random
+import signal
 from typing import Iterator
 
 import numpy as np
@@ -160,8 +161,11 @@ def _keep_videos(annotations: Annotations, keep: list[int]) -> Annotations:
                        annotations.one_item_per_video)
 
 
-def seed_worker(worker_id: int) -> None:
-    """Seed numpy and `random` in a DataLoader worker from torch's per-worker seed."""
+def init_worker(worker_id: int) -> None:
+    """A DataLoader worker: numpy and `random` seeded from torch's per-worker seed, and Ctrl-C
+    left to the main process (a worker dying of SIGINT would make the main process fail with
+    "DataLoader worker exited unexpectedly" instead of ending cleanly)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     seed = torch.initial_seed() % 2 ** 32
     np.random.seed(seed)
     random.seed(seed)
@@ -202,7 +206,7 @@ def make_loader(dataset: Dataset, args: argparse.Namespace, train: bool) -> tupl
     drop_last = train and len(dataset) // world >= batch_size
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
                         num_workers=args.num_workers, pin_memory=torch.cuda.is_available(),
-                        persistent_workers=train and args.num_workers > 0, worker_init_fn=seed_worker)
+                        persistent_workers=train and args.num_workers > 0, worker_init_fn=init_worker)
     return loader, sampler
 
 

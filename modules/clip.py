@@ -354,12 +354,12 @@ def load_clip_state_dict(path: str | os.PathLike, flag: str = "--clip_weights") 
     if kind != "clip":
         found = {
             "checkpoint": "a training checkpoint of this project, not CLIP weights: pass it as --init_model "
-                          "(or --resume to continue its run) and keep --clip_weights for OpenAI's CLIP file",
+                          "(or --resume to continue its run) and point --clip_weights at OpenAI's CLIP file",
             "resnet_clip": "a ResNet CLIP; only ViT CLIPs are supported (ViT-B-32.pt, ViT-B-16.pt, ViT-L-14.pt)",
-            "state_dict": f"tensors that are not a ViT CLIP state dict (keys such as {sorted(content)[:3]}); "
-                          f"trained weights of this project go to --init_model",
-        }.get(kind, f"no CLIP state dict (a {type(content).__name__})")
-        raise UserError(f"{flag} {os.fspath(path)} holds {found}; expected {CLIP_EXPECTED}")
+            "state_dict": f"tensors that are not a ViT CLIP state dict (keys such as {sorted(content)[:3]}): "
+                          f"trained weights of this project go to --init_model; expected {CLIP_EXPECTED}",
+        }.get(kind, f"no CLIP state dict (a {type(content).__name__}); expected {CLIP_EXPECTED}")
+        raise UserError(f"{flag} {os.fspath(path)} holds {found}")
     state_dict = _unwrap_state_dict(content)
     return {k.removeprefix("module."): v.float() for k, v in state_dict.items()
             if k.removeprefix("module.") not in _NON_PARAMETER_KEYS}

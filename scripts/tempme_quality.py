@@ -27,8 +27,8 @@ The model is `--demo`'s tiny random CLIP trained end-to-end, as plain CLIP4Clip 
 (`--prompt_mode none`) so the runs fit the CPU budget (STOP's per-frame prompt tables depend on
 `--max_frames`, so a uniform-8 base does not load into the 48-frame configurations). Each run
 lives in `<out_dir>/runs/<config>_s<seed>/`; a run whose folder already holds a test result
-for the same arguments on the same synthetic clips (generator version included) is reused, so
-an interrupted study continues where it stopped.
+for the same arguments on the same synthetic clips (generator version included) is reused (any
+other run folder is started over), so an interrupted study continues where it stopped.
 """
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import sys
 import time
@@ -209,6 +210,8 @@ def run_one(argv: list[str], threads: int) -> dict[str, Any]:
     test = _finished_test_record(args, dataset_folder)
     reused = test is not None
     if test is None:
+        # A run folder of other arguments or an unfinished run: start it over (main refuses a used folder).
+        shutil.rmtree(os.path.join(args.output_dir, args.run_name), ignore_errors=True)
         test = main.main(argv)["test"]
         with open(os.path.join(args.output_dir, args.run_name, STUDY_RECORD), "w") as f:
             json.dump({"dataset_folder": dataset_folder}, f)

@@ -178,7 +178,7 @@ def test_clip_weights_path_and_resume_resolution(tmp_path):
 
 # ---------------------------------------------------------------- full runs of main([...])
 
-def _run_flags(out_dir: Path, synthetic_dir: Path, run_name: str, *extra: str) -> list[str]:
+def _tiny_flags(synthetic_dir: Path) -> list[str]:
     """A tiny STOP run on the synthetic set: 4 train videos x 2 captions, 6 val/test videos,
     4 frames of 64 px (a 4-frame video, so frame sampling is deterministic), tiny random CLIP.
     STOP's 3-D convolution prompts (spatial, temporal) are off: on CPU they cost 10x the rest of
@@ -191,8 +191,12 @@ def _run_flags(out_dir: Path, synthetic_dir: Path, run_name: str, *extra: str) -
             "--num_text_prompts", "2", "--spatial_prompt", "False", "--temporal_prompt", "False",
             "--adapter_dim", "8",
             "--batch_size", "8", "--batch_size_val", "4", "--epochs", "2", "--num_workers", "0",
-            "--lr", "1e-3", "--coef_lr", "1.0", "--warmup_proportion", "0.25", "--no_progress",
-            "--output_dir", str(out_dir), "--run_name", run_name, "--device", "cpu", *extra]
+            "--lr", "1e-3", "--coef_lr", "1.0", "--warmup_proportion", "0.25", "--no_progress", "--device", "cpu"]
+
+
+def _run_flags(out_dir: Path, synthetic_dir: Path, run_name: str, *extra: str) -> list[str]:
+    """`_tiny_flags` into the run folder `out_dir/run_name`, then `extra` (later flags win)."""
+    return [*_tiny_flags(synthetic_dir), "--output_dir", str(out_dir), "--run_name", run_name, *extra]
 
 
 def _flat(record: dict, prefix: str = "") -> dict:
@@ -313,6 +317,36 @@ def test_killed_run_resumed_with_auto_ends_like_an_uninterrupted_one(synthetic_d
         assert _flat({key: killed[1][key]}) == pytest.approx(_flat({key: whole[1][key]})), key
     assert _flat(killed[2]["metrics"]) == pytest.approx(_flat(whole[2]["metrics"]))
     assert "resumed from" in (tmp_path / "killed" / "log.txt").read_text()
+
+
+@pytest.mark.slow
+def test_killed_run_with_workers_and_tsn_resumes_like_an_uninterrupted_one(synthetic_dir, tmp_path, monkeypatch):
+    """2 persistent DataLoader workers, TSN sampling of 4 of 8 frames, one random caption per video:
+    the frame offsets and captions of an item depend on (seed, epoch, index) only, so the run
+    resumed after a kill at the end of epoch 1 ends like the uninterrupted one."""
+    import main
+    extra = ("--synthetic_num_frames", "8", "--num_workers", "2", "--train_frame_sampling", "random",
+             "--expand_msrvtt_sentences", "False", "--batch_size", "2", "--resume", "auto")
+    main.main(_run_flags(tmp_path, synthetic_dir, "whole", *extra))
+
+    real_save = checkpoint.save_checkpoint
+
+    def save_then_die(payload, path):
+        real_save(payload, path)
+        if path.endswith(checkpoint.LATEST):
+            raise KeyboardInterrupt("simulated kill after the first epoch's checkpoint")
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save_then_die)
+    with pytest.raises(SystemExit):
+        main.main(_run_flags(tmp_path, synthetic_dir, "killed", *extra))
+    monkeypatch.setattr(checkpoint, "save_checkpoint", real_save)
+    resumed = main.main(_run_flags(tmp_path, synthetic_dir, "killed", *extra))
+    assert [r["epoch"] for r in resumed["epochs"]] == [2]
+    whole, killed = _records(tmp_path / "whole"), _records(tmp_path / "killed")
+    assert [r["split"] for r in killed] == ["val", "val", "test"] and killed[1]["step"] == 4
+    for key in ("train_loss", "metrics"):
+        assert _flat({key: killed[1][key]}) == pytest.approx(_flat({key: whole[1][key]}), rel=1e-5), key
+    assert _flat(killed[2]["metrics"]) == pytest.approx(_flat(whole[2]["metrics"]), rel=1e-5)
 
 
 def test_eval_only_with_init_model_reproduces_the_test_metrics(single_run, synthetic_dir, tmp_path):

@@ -48,8 +48,8 @@ from . import activitynet, didemo, lsmdc, msrvtt, msvd, synthetic, vatex
 from .base import Annotations, RetrievalDataset, Tokenizer, layout_hint, video_file_index
 from .video_reader import CLIP_MEAN, CLIP_STD, VideoReader, VideoReadError, normalize_video
 
-__all__ = ["DATASETS", "build_dataset", "build_dataloader", "make_loader", "RetrievalDataset", "VideoReader",
-           "VideoReadError", "normalize_video", "CLIP_MEAN", "CLIP_STD", "PARSERS"]
+__all__ = ["DATASETS", "DEFAULT_VAL_HOLDOUT", "EpochSampler", "build_dataset", "build_dataloader", "make_loader",
+           "RetrievalDataset", "VideoReader", "VideoReadError", "normalize_video", "CLIP_MEAN", "CLIP_STD", "PARSERS"]
 
 logger = logging.getLogger("dataloaders")
 SPLITS = ("train", "val", "test")

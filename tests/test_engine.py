@@ -242,6 +242,7 @@ def test_single_process_run_writes_the_run_folder(single_run):
     assert args["batch_size"] == 8 and args["run_name"] == "single"
     log_text = (run_dir / "log.txt").read_text()
     assert "TempMe Configuration: enabled=False" in log_text and "data synthetic train: 8 items" in log_text
+    assert "model selection (best epoch): the dataset's own val split" in log_text
     assert "R@1" in log_text and "test (synthetic)" in log_text
 
 

@@ -308,50 +308,61 @@ def test_help_prints_each_default_once(capsys):
 
 
 @pytest.mark.slow
-def test_the_integration_notes_command_runs_into_its_output_dir(tmp_path, capsys):
+@pytest.mark.parametrize("holdout", [None, "0"])
+def test_the_integration_notes_command_runs_into_its_output_dir(msrvtt_without_val, tmp_path, holdout):
     """`--use_tempme True --tempme_type simple --tempme_compression_ratio 0.6 --datatype msrvtt --output_dir
     outputs/tempme_simple` plus --do_train --data_path --features_path, on MSR-VTT-layout files (the synthetic
-    set) without a val csv, with --val_holdout 0 (the lineage protocol: model selection on the test split)."""
-    folder = msrvtt_without_val(tmp_path, num_videos=4)
+    set) without a val csv: by default val is held out of training; --val_holdout 0 is the lineage protocol."""
+    folder = msrvtt_without_val
     out = tmp_path / "outputs" / "tempme_simple"
     tiny = [f for f in _tiny_flags(tmp_path) if f not in ("--do_eval", "--dataset", "synthetic")]
-    main.main([*tiny, "--val_holdout", "0", "--use_tempme", "True", "--tempme_type", "simple",
-               "--tempme_compression_ratio", "0.6", "--datatype", "msrvtt", "--output_dir", str(out),
+    main.main([*tiny, "--epochs", "1", *(["--val_holdout", holdout] if holdout else []),
+               "--use_tempme", "True", "--tempme_type", "simple", "--tempme_compression_ratio", "0.6",
+               "--datatype", "msrvtt", "--output_dir", str(out),
                "--do_train", "--data_path", str(folder), "--features_path", str(folder / "videos")])
     assert sorted(os.listdir(out)) == ["args.json", "best.pt", "latest.pt", "log.txt", "metrics.jsonl"]
-    assert [r["frames_kept"]["mean"] for r in _records(out)] == [2.0, 2.0]   # round(0.6 x 4 frames)
+    record, = _records(out)
+    assert record["frames_kept"]["mean"] == 2.0                # round(0.6 x 4 frames)
     log_text = (out / "log.txt").read_text()
-    assert "WARNING | model selection on the TEST split: val is the TEST split (--val_holdout 0)" in log_text
+    if holdout is None:
+        assert record["num_videos"] == 2 and "data msrvtt train: 36 items" in log_text
+        assert ("model selection (best epoch): val is 2 of 20 training videos held out of training (--val_holdout, "
+                "--seed 42), disjoint from the test split") in log_text and "WARNING" not in log_text
+    else:
+        assert record["num_videos"] == 6 and "data msrvtt train: 40 items" in log_text
+        assert "WARNING | model selection on the TEST split: val is the TEST split (--val_holdout 0)" in log_text
 
 
 # ---------------------------------------------------------------- honest model selection
 
-def msrvtt_without_val(tmp_path: Path, num_videos: int) -> Path:
-    """The synthetic set's MSR-VTT-layout files without MSRVTT_JSFUSION_val.csv (as CLIP4Clip ships MSR-VTT)."""
-    source = Path(synthetic.ensure_dataset(root=str(tmp_path / "synthetic"), num_videos=num_videos,
-                                           num_test_videos=6, num_frames=4, resolution=32, event_fraction=0.2,
-                                           seed=0))
-    folder = tmp_path / "msrvtt"
+@pytest.fixture(scope="module")
+def msrvtt_without_val(tmp_path_factory) -> Path:
+    """The synthetic set's MSR-VTT-layout files (20 train, 6 test videos) without MSRVTT_JSFUSION_val.csv,
+    as CLIP4Clip distributes MSR-VTT."""
+    root = tmp_path_factory.mktemp("msrvtt_without_val")
+    source = Path(synthetic.ensure_dataset(root=str(root / "synthetic"), num_videos=20, num_test_videos=6,
+                                           num_frames=4, resolution=32, event_fraction=0.2, seed=0))
+    folder = root / "msrvtt"
     shutil.copytree(source, folder, ignore=shutil.ignore_patterns("MSRVTT_JSFUSION_val.csv"))
     return folder
 
 
-def test_without_a_val_file_val_is_held_out_of_training_disjoint_from_test(tmp_path):
-    folder = msrvtt_without_val(tmp_path, num_videos=30)
+def test_without_a_val_file_val_is_held_out_of_training_disjoint_from_test(msrvtt_without_val):
+    folder = msrvtt_without_val
     flags = ["--dataset", "msrvtt", "--data_path", str(folder), "--features_path", str(folder / "videos"),
              "--max_frames", "4", "--image_size", "32"]
     splits = {s: build_dataset(params.get_args(flags), s, no_tokenizer) for s in ("train", "val", "test")}
     train, val, test = (set(splits[s].video_ids) for s in ("train", "val", "test"))
-    assert len(val) == 3 and len(train) == 27                 # 500 asked, at most a tenth of 30
+    assert len(val) == 2 and len(train) == 18                 # 500 asked, at most a tenth of 20
     assert not val & train and not val & test and not train & test
-    assert len(splits["val"].captions) == 3                   # one caption per video, as the 1k-A test
-    assert not splits["val"].val_is_test and "3 of 30 training videos held out" in splits["val"].val_protocol
+    assert len(splits["val"].captions) == 2                   # one caption per video, as the 1k-A test
+    assert not splits["val"].val_is_test and "2 of 20 training videos held out" in splits["val"].val_protocol
     again = build_dataset(params.get_args(flags), "val", no_tokenizer).video_ids
     other_seed = build_dataset(params.get_args([*flags, "--seed", "7"]), "val", no_tokenizer).video_ids
     assert again == splits["val"].video_ids and other_seed != again   # deterministic by seed
     lineage = build_dataset(params.get_args([*flags, "--val_holdout", "0"]), "val", no_tokenizer)
     assert lineage.video_ids == splits["test"].video_ids and lineage.val_is_test
-    assert len(build_dataset(params.get_args([*flags, "--val_holdout", "0"]), "train", no_tokenizer)) == 30
+    assert len(build_dataset(params.get_args([*flags, "--val_holdout", "0"]), "train", no_tokenizer)) == 20
 
 
 # ---------------------------------------------------------------- python main.py in a subprocess

@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # checked before anything else is built.
         resume_path = distributed.broadcast_object(checkpoint.resolve_resume(args.resume, run_dir))
         resume = checkpoint.load_checkpoint(resume_path, "--resume", training_state=True) if resume_path else None
-        # Every rank initialises the same model (seed first, build), then draws its own data
-        # randomness (seed by rank).
+        # Every rank initialises the same model (seed first, build), then draws its own randomness
+        # (seed by rank; the data's comes from (seed, epoch, item), see dataloaders.EpochSampler).
         seed_everything(args.seed)
         model = build_trained_model(args, args.init_model).to(device)
         seed_everything(args.seed + distributed.get_rank())
@@ -124,7 +124,7 @@ def exits_cleanly(args: Namespace, run: logger.RunFolder) -> Iterator[None]:
 def interrupted_message(exc: KeyboardInterrupt, args: Namespace, run: logger.RunFolder) -> str:
     """The one line that ends a run stopped with Ctrl-C: where it stopped and how to go on."""
     if not run.started:
-        return "interrupted before training began; nothing was saved"
+        return "interrupted before training began"
     resume = "--resume auto" + ("" if args.run_name or args.output_dir else f" --run_name {os.path.basename(run.path)}")
     epoch, step = (exc.epoch, exc.step) if isinstance(exc, Interrupted) else run.progress or (None, None)
     if epoch is not None:
@@ -170,7 +170,7 @@ def train_and_validate(args: Namespace, model: nn.Module, trainable: set[str], t
     ddp_model = (DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
                  if distributed.is_distributed() else model)
     if state.rng is not None:
-        checkpoint.restore_rng(state.rng)  # last, so the data order continues where the run stopped
+        checkpoint.restore_rng(state.rng)  # last, so dropout and the like continue where the run stopped
     history = []
     run.started = True
     for epoch in range(state.epoch, args.epochs):

@@ -11,6 +11,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from modules.errors import UserError
+
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -45,7 +47,7 @@ def resolve_device(device: str) -> torch.device:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise RuntimeError(f"--device {device} was requested but CUDA is not available; use --device cpu")
+            raise UserError(f"--device {device} was requested but CUDA is not available; use --device cpu")
         if device == "cuda":
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     return torch.device(device)

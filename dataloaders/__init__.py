@@ -109,16 +109,8 @@ def split_annotations(args: argparse.Namespace, split: str, data_path: str) -> t
     if split == "train":
         return _keep_videos(train, [i for i in range(len(train.video_ids)) if i not in held]), protocol, False
     val = _keep_videos(train, sorted(held))
-    first = [captions[0] for captions in _captions_of_videos(val)]
+    first = [captions[0] for captions in val.captions_of_videos()]
     return Annotations(val.video_ids, [val.captions[i] for i in first], list(range(len(first)))), protocol, False
-
-
-def _captions_of_videos(annotations: Annotations) -> list[list[int]]:
-    """Caption indices of each video, in `video_ids` order."""
-    out: list[list[int]] = [[] for _ in annotations.video_ids]
-    for caption, video in enumerate(annotations.text_to_video):
-        out[video].append(caption)
-    return out
 
 
 def build_dataset(args: argparse.Namespace, split: str, tokenizer: Tokenizer) -> RetrievalDataset:

@@ -50,6 +50,13 @@ class Annotations:
     text_to_video: list[int]
     one_item_per_video: bool = False
 
+    def captions_of_videos(self) -> list[list[int]]:
+        """Caption indices of each video, in `video_ids` order."""
+        out: list[list[int]] = [[] for _ in self.video_ids]
+        for caption, video in enumerate(self.text_to_video):
+            out[video].append(caption)
+        return out
+
 
 def layout_hint(dataset: str) -> str:
     """Where the user finds the expected files of `dataset` (one line, for error messages)."""
@@ -190,9 +197,7 @@ class RetrievalDataset(Dataset):
         self.captions = annotations.captions
         self.text_to_video = annotations.text_to_video
         self.video_paths = video_paths
-        self.video_to_captions: list[list[int]] = [[] for _ in self.video_ids]
-        for caption_index, video_index in enumerate(self.text_to_video):
-            self.video_to_captions[video_index].append(caption_index)
+        self.video_to_captions = annotations.captions_of_videos()
         self.one_item_per_video = train and annotations.one_item_per_video
         self.tokenizer, self.max_words, self.reader = tokenizer, max_words, reader
         self.num_frames = reader.num_frames

@@ -7,12 +7,14 @@ may be given bare (`--do_train` means `--do_train True`).
 from __future__ import annotations
 
 import argparse
+import sys
 
-from dataloaders import DATASETS
+from dataloaders import DATASETS, DEFAULT_VAL_HOLDOUT
 from modules.clip import CLIP_CONFIGS
 from modules.clip4clip import VIDEO_OUTPUTS
-from modules.stop import PROMPT_GENERATORS
+from modules.distributed import launch_rank
 from modules.loss import TEACHERS
+from modules.stop import PROMPT_GENERATORS
 from modules.tempme import TEMPME_TYPES, TempMeConfig
 
 CLIP_ARCHS = tuple(CLIP_CONFIGS)
@@ -68,25 +70,46 @@ def str2bool(value: str | bool) -> bool:
 
 
 def _add_bool(group: argparse._ArgumentGroup, name: str, default: bool, help: str) -> None:
-    group.add_argument(name, type=str2bool, nargs="?", const=True, default=default, metavar="BOOL",
-                       help=f"{help} (default: {default})")
+    group.add_argument(name, type=str2bool, nargs="?", const=True, default=default, metavar="BOOL", help=help)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" once, and only where the help does not already say it or X is None."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or "(default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An error is one line on stderr, "error: <what is wrong and which flag>", exit status 2, as
+    `main` reports every other error the user can fix; under torchrun only rank 0 prints it."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        if launch_rank() == 0:
+            print(f"error: {message} (python main.py --help lists the flags)", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         description="STOP text-video retrieval on a frozen CLIP, with TempMe frame compression.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_HelpFormatter)
 
     run = parser.add_argument_group("run")
     _add_bool(run, "--do_train", False, "train (and evaluate after every epoch)")
     _add_bool(run, "--do_eval", False, "evaluate on the test split")
     _add_bool(run, "--demo", False, "train and evaluate on the synthetic dataset with a small random CLIP on CPU")
-    run.add_argument("--output_dir", default="outputs", help="parent folder of run folders")
-    run.add_argument("--run_name", default=None, help="run folder name (default: dataset and time stamp)")
+    run.add_argument("--output_dir", default=None,
+                     help="alone: the run folder itself, as in CLIP4Clip; with --run_name: its parent. "
+                          "Neither given: outputs/<dataset>_<time stamp>")
+    run.add_argument("--run_name", default=None, help="run folder name inside --output_dir (outputs when not given)")
     run.add_argument("--resume", default=None,
-                     help="'auto' resumes the run folder's latest checkpoint, or a checkpoint PATH")
+                     help="'auto' continues the run in the run folder from its latest.pt (a fresh start when there "
+                          "is none), or a checkpoint PATH; without it a used run folder is refused")
     run.add_argument("--init_model", default=None, help="trained checkpoint to load before train/eval")
-    run.add_argument("--seed", type=int, default=42)
+    run.add_argument("--seed", type=int, default=42, help="model initialisation, data order, val holdout")
     run.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     run.add_argument("--precision", choices=("amp_bf16", "amp_fp16", "fp32"), default="amp_bf16",
                      help="mixed precision on CUDA; CPU always runs fp32")
@@ -97,13 +120,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bool(run, "--dsl", False, "also report dual-softmax (DSL) re-ranked metrics as a separate row")
 
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", choices=DATASETS, default="msrvtt")
+    data.add_argument("--dataset", "--datatype", dest="dataset", choices=DATASETS, default="msrvtt",
+                      help="--datatype is CLIP4Clip's name of this flag")
+    data.add_argument("--val_holdout", type=int, default=DEFAULT_VAL_HOLDOUT,
+                      help="MSR-VTT without MSRVTT_JSFUSION_val.csv, and ActivityNet: training videos held out of "
+                           "training as the val split (at most a tenth, drawn with --seed); 0: val is the test "
+                           "split, so the best epoch is chosen on test (the lineage protocol)")
     data.add_argument("--data_path", default=None, help="folder holding the annotation files")
     data.add_argument("--features_path", default=None, help="folder holding the videos")
     data.add_argument("--max_words", type=int, default=32, help="caption length in tokens, SOT/EOT included")
     data.add_argument("--max_frames", type=int, default=12, help="frames per video reaching CLIP without TempMe")
     data.add_argument("--image_size", type=int, default=224, help="frame side after resize + centre crop")
-    data.add_argument("--video_backend", choices=("decord", "pyav"), default="decord")
+    data.add_argument("--video_backend", choices=("decord", "pyav"), default="decord",
+                      help="video decoder (decord retries a file it cannot read with pyav)")
     data.add_argument("--num_workers", type=int, default=4, help="data loader worker processes per GPU")
     data.add_argument("--train_frame_sampling", choices=("random", "uniform"), default="random",
                       help="random: one random frame per segment (TSN); uniform: segment centres")
@@ -122,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="share of synthetic videos carrying a brief captioned event")
     data.add_argument("--synthetic_distractor_frames", type=int, default=0,
                       help="uncaptioned outlier frames per synthetic video (noise bursts, cuts), in bursts of 2-3")
-    data.add_argument("--synthetic_seed", type=int, default=0)
+    data.add_argument("--synthetic_seed", type=int, default=0, help="seed of the synthetic dataset's generator")
 
     model = parser.add_argument_group("model")
     model.add_argument("--pretrained_dir", default="modules", help="folder holding OpenAI's CLIP weights")
@@ -135,11 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bool(model, "--train_clip", False, "fine-tune CLIP itself (lr * coef_lr)")
     model.add_argument("--prompt_mode", choices=("stop", "none"), default="stop",
                        help="none: plain CLIP4Clip meanP (zero-shot / baselines)")
-    model.add_argument("--video_output", choices=VIDEO_OUTPUTS, default="global_prompt0")
+    model.add_argument("--video_output", choices=VIDEO_OUTPUTS, default="global_prompt0",
+                       help="video embedding with prompts: STOP's first global prompt or the mean of frame CLS tokens")
 
     stop = parser.add_argument_group("STOP prompts")
-    stop.add_argument("--prompt_generator", choices=PROMPT_GENERATORS, default="transformer")
-    stop.add_argument("--num_global_prompts", type=int, default=4)
+    stop.add_argument("--prompt_generator", choices=PROMPT_GENERATORS, default="transformer",
+                      help="module generating the per-frame prompts")
+    stop.add_argument("--num_global_prompts", type=int, default=4, help="video-level visual prompts")
     stop.add_argument("--num_local_prompts", type=int, default=4, help="local visual prompts per frame")
     stop.add_argument("--num_text_prompts", type=int, default=8, help="deep text prompts (half prefix, half postfix)")
     _add_bool(stop, "--text_postfix_before_eot", False,
@@ -147,11 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bool(stop, "--spatial_prompt", True, "intra-frame spatial prompts")
     _add_bool(stop, "--temporal_prompt", True, "inter-frame temporal prompts")
     stop.add_argument("--spatial_topk", type=int, default=6, help="patches selected per frame")
-    stop.add_argument("--prompt_scale", type=float, default=0.05)
-    stop.add_argument("--spatial_dropout", type=float, default=0.5)
+    stop.add_argument("--prompt_scale", type=float, default=0.05, help="scale of the spatial/temporal prompts")
+    stop.add_argument("--spatial_dropout", type=float, default=0.5, help="dropout of the spatial prompt module")
     _add_bool(stop, "--adapter", True, "bottleneck adapters in every block of both towers")
-    stop.add_argument("--adapter_dim", type=int, default=32)
-    stop.add_argument("--adapter_scale", type=float, default=0.1)
+    stop.add_argument("--adapter_dim", type=int, default=32, help="adapter bottleneck width")
+    stop.add_argument("--adapter_scale", type=float, default=0.1, help="adapter output scale")
 
     tempme = parser.add_argument_group("TempMe frame compression")
     _add_bool(tempme, "--use_tempme", False, "compress frames with TempMe before CLIP")
@@ -182,14 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
                              "input frame")
 
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--epochs", type=int, default=5)
+    optim.add_argument("--epochs", type=int, default=5, help="training epochs")
     optim.add_argument("--batch_size", type=int, default=32, help="global training batch size")
     optim.add_argument("--batch_size_val", type=int, default=16, help="evaluation batch size per process")
     optim.add_argument("--lr", type=float, default=1e-3, help="learning rate of prompts and adapters")
     optim.add_argument("--coef_lr", type=float, default=1e-3, help="CLIP's lr = lr * coef_lr (with --train_clip)")
     optim.add_argument("--weight_decay", type=float, default=0.2, help="not applied to biases, norms, prompt tables")
     optim.add_argument("--warmup_proportion", type=float, default=0.1, help="share of steps with linear warmup")
-    optim.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    optim.add_argument("--gradient_accumulation_steps", type=int, default=1,
+                       help="batches per optimiser step")
     optim.add_argument("--grad_clip", type=float, default=1.0, help="max gradient norm (0 disables)")
     return parser
 
@@ -203,10 +235,9 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
     for name in positive:
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.synthetic_distractor_frames < 0:
-        parser.error(f"--synthetic_distractor_frames must be >= 0, got {args.synthetic_distractor_frames}")
-    if args.num_workers < 0:
-        parser.error(f"--num_workers must be >= 0, got {args.num_workers}")
+    for name in ("num_workers", "val_holdout", "synthetic_distractor_frames"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name} must be >= 0, got {getattr(args, name)}")
     if args.num_text_prompts < 0 or args.num_text_prompts % 2:
         parser.error(f"--num_text_prompts must be an even number >= 0 (half prefix, half postfix), "
                      f"got {args.num_text_prompts}")
@@ -226,8 +257,12 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
             TempMeConfig.from_flags(args).validate()   # the compressor's own checks, at parse time
         except ValueError as exc:
             parser.error(str(exc))
-    if args.resume == "auto" and args.run_name is None:
-        parser.error("--resume auto needs --run_name: it resumes outputs/<run_name>/latest.pt")
+    if args.resume == "auto" and args.run_name is None and args.output_dir is None:
+        parser.error("--resume auto needs the run folder: give --run_name (outputs/<run_name>) or --output_dir")
+    if args.clip_weights and args.clip_init == "random":
+        parser.error(f"--clip_weights {args.clip_weights} is not used with --clip_init random"
+                     f"{' (the --demo default)' if args.demo else ''}: add --clip_init pretrained to load it, "
+                     f"or drop --clip_weights")
     if args.dataset != "synthetic" and (args.do_train or args.do_eval):
         for name in ("data_path", "features_path"):
             if getattr(args, name) is None:

@@ -9,19 +9,23 @@ Public API
     unreadable/missing file), `num_bad_videos` int (bad videos met for this item; in training
     they were replaced by other items). T = `TempMeConfig.from_flags(args).num_input_frames`, S = --image_size.
     Train: one item per caption (one per video with a random caption for MSR-VTT without
-    --expand_msrvtt_sentences), TSN frame sampling. Val/test: one item per caption, segment centres.
+    --expand_msrvtt_sentences), TSN frame sampling; indexed with (epoch, index) the item's
+    randomness is a function of (--seed, epoch, index). Val/test: one item per caption, segment
+    centres. Without a val file, val is `--val_holdout` training videos (see `split_annotations`).
     Attributes: `video_ids` (unique videos of the split, in order), `captions`, `text_to_video`
     (caption i -> index into video_ids), `video_to_captions`, `video_paths` (None = missing),
     `skipped_video_ids` (ActivityNet ids dropped for lack of a file), `bad_videos`
-    (id -> reason, this process only; see `base.py`).
+    (id -> reason, this process only; see `base.py`), `val_protocol` (how val is made, one line)
+    and `val_is_test` (val is the test split: model selection on test).
     Methods: `text_dataset()` -> items {input_ids, attention_mask, caption_index, video_index};
     `video_dataset()` -> items {video, video_mask, video_index, video_id, video_ok, num_bad_videos},
     every unique video once, so evaluation decodes each video once.
 `build_dataloader(args, split, tokenizer) -> (DataLoader, sampler)` for the paired dataset;
 `make_loader(dataset, args, train) -> (DataLoader, sampler)` for any of the three datasets.
-    With torch.distributed initialised the sampler is a DistributedSampler (eval: no shuffle,
-    padded by repetition, so gather by `caption_index` / `video_index`); call
-    `sampler.set_epoch(epoch)` when it is not None. `args.batch_size` is the global train batch.
+    Training: an `EpochSampler` (the same global batches with one or N processes); call
+    `sampler.set_epoch(epoch)` before each epoch. Evaluation under torch.distributed: a
+    DistributedSampler (no shuffle, padded by repetition, so gather by `caption_index` /
+    `video_index`), else None. `args.batch_size` is the global train batch.
 `VideoReader`, `normalize_video`, `CLIP_MEAN`, `CLIP_STD` from `video_reader.py`.
 """
 from __future__ import annotations
@@ -30,25 +34,29 @@ import argparse
 import logging
 import os
 import random
+import signal
+from typing import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from modules.errors import MissingFileError, UserError
 from modules.tempme import TempMeConfig
 
 from . import activitynet, didemo, lsmdc, msrvtt, msvd, synthetic, vatex
-from .base import Annotations, RetrievalDataset, Tokenizer, video_file_index
+from .base import Annotations, RetrievalDataset, Tokenizer, layout_hint, video_file_index
 from .video_reader import CLIP_MEAN, CLIP_STD, VideoReader, VideoReadError, normalize_video
 
-__all__ = ["DATASETS", "build_dataset", "build_dataloader", "make_loader", "RetrievalDataset", "VideoReader",
-           "VideoReadError", "normalize_video", "CLIP_MEAN", "CLIP_STD", "PARSERS"]
+__all__ = ["DATASETS", "DEFAULT_VAL_HOLDOUT", "EpochSampler", "build_dataset", "build_dataloader", "make_loader",
+           "RetrievalDataset", "VideoReader", "VideoReadError", "normalize_video", "CLIP_MEAN", "CLIP_STD", "PARSERS"]
 
 logger = logging.getLogger("dataloaders")
 SPLITS = ("train", "val", "test")
 PARSERS = {"msrvtt": msrvtt, "msvd": msvd, "lsmdc": lsmdc, "activitynet": activitynet,
            "didemo": didemo, "vatex": vatex}
 DATASETS = (*PARSERS, "synthetic")
+DEFAULT_VAL_HOLDOUT = 500  # training videos held out as val where a dataset has no val file
 
 
 def dataset_folders(args: argparse.Namespace) -> tuple[str, str]:
@@ -62,14 +70,15 @@ def dataset_folders(args: argparse.Namespace) -> tuple[str, str]:
         return folder, os.path.join(folder, "videos")
     for flag in ("data_path", "features_path"):
         if getattr(args, flag) is None:
-            raise ValueError(f"--{flag} is required for --dataset {args.dataset}")
+            raise UserError(f"--{flag} is required for --dataset {args.dataset}")
     if not os.path.isdir(args.data_path):
-        raise FileNotFoundError(f"--data_path {args.data_path} is not a folder; expected layout:\n"
-                                f"{PARSERS[args.dataset].LAYOUT}")
+        raise MissingFileError(f"--data_path {args.data_path} is not a folder; point it at the folder holding "
+                               f"the annotation files ({layout_hint(args.dataset)})")
     return args.data_path, args.features_path
 
 
 def parse_annotations(args: argparse.Namespace, split: str, data_path: str) -> Annotations:
+    """The split as the dataset's own files define it (see `split_annotations` for val)."""
     if args.dataset in ("msrvtt", "synthetic"):
         train_csv = "MSRVTT_train.9k.csv" if args.dataset == "synthetic" else args.msrvtt_train_csv
         return msrvtt.parse(data_path, split, train_csv=train_csv,
@@ -77,12 +86,39 @@ def parse_annotations(args: argparse.Namespace, split: str, data_path: str) -> A
     return PARSERS[args.dataset].parse(data_path, split)
 
 
+def split_annotations(args: argparse.Namespace, split: str, data_path: str) -> tuple[Annotations, str, bool]:
+    """(annotations, how the val split is made, whether val is the test split) for `split`.
+
+    A dataset with its own val file uses it. Without one (MSR-VTT without MSRVTT_JSFUSION_val.csv,
+    ActivityNet), `--val_holdout` training videos (at most a tenth of them, drawn with `--seed`)
+    form the val split, one caption each (as the test protocols), and leave the train split, so the
+    best epoch is never chosen on the test split; `--val_holdout 0` (or fewer than 10 training
+    videos) makes val the test split, the lineage protocol."""
+    if split == "test" or getattr(PARSERS.get(args.dataset, msrvtt), "has_val_file", lambda path: True)(data_path):
+        return parse_annotations(args, split, data_path), "the dataset's own val split", False
+    train = parse_annotations(args, "train", data_path)
+    count = min(args.val_holdout, len(train.video_ids) // 10)
+    if count == 0:
+        reason = "--val_holdout 0" if args.val_holdout == 0 else "fewer than 10 training videos to hold out"
+        protocol = (f"val is the TEST split ({reason}): the best epoch is chosen on the test split, so the "
+                    f"test metrics are optimistic")
+        return (train if split == "train" else parse_annotations(args, split, data_path)), protocol, True
+    held = set(np.random.default_rng(args.seed).permutation(len(train.video_ids))[:count].tolist())
+    protocol = (f"val is {count} of {len(train.video_ids)} training videos held out of training "
+                f"(--val_holdout, --seed {args.seed}), disjoint from the test split")
+    if split == "train":
+        return _keep_videos(train, [i for i in range(len(train.video_ids)) if i not in held]), protocol, False
+    val = _keep_videos(train, sorted(held))
+    first = [captions[0] for captions in val.captions_of_videos()]
+    return Annotations(val.video_ids, [val.captions[i] for i in first], list(range(len(first)))), protocol, False
+
+
 def build_dataset(args: argparse.Namespace, split: str, tokenizer: Tokenizer) -> RetrievalDataset:
     """The `split` of `args.dataset` (see the module docstring for items and attributes)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     data_path, features_path = dataset_folders(args)
-    annotations = parse_annotations(args, split, data_path)
+    annotations, val_protocol, val_is_test = split_annotations(args, split, data_path)
     parser = PARSERS.get(args.dataset, msrvtt)
     keys_of = getattr(parser, "video_keys", lambda video_id: [video_id])
     index = video_file_index(features_path)
@@ -103,8 +139,9 @@ def build_dataset(args: argparse.Namespace, split: str, tokenizer: Tokenizer) ->
                          image_size=args.image_size, max_seconds=args.video_max_seconds)
     dataset = RetrievalDataset(annotations, paths, name=args.dataset, split=split, tokenizer=tokenizer,
                                max_words=args.max_words, reader=reader, train=split == "train",
-                               random_frames=args.train_frame_sampling == "random")
+                               random_frames=args.train_frame_sampling == "random", seed=args.seed)
     dataset.skipped_video_ids = skipped
+    dataset.val_protocol, dataset.val_is_test = val_protocol, val_is_test
     return dataset
 
 
@@ -116,33 +153,52 @@ def _keep_videos(annotations: Annotations, keep: list[int]) -> Annotations:
                        annotations.one_item_per_video)
 
 
-def seed_worker(worker_id: int) -> None:
-    """Seed numpy and `random` in a DataLoader worker from torch's per-worker seed."""
+def init_worker(worker_id: int) -> None:
+    """A DataLoader worker: numpy and `random` seeded from torch's per-worker seed, and Ctrl-C
+    left to the main process (a worker dying of SIGINT would make the main process fail with
+    "DataLoader worker exited unexpectedly" instead of ending cleanly)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     seed = torch.initial_seed() % 2 ** 32
     np.random.seed(seed)
     random.seed(seed)
 
 
+class EpochSampler(DistributedSampler):
+    """Training order: a permutation of the dataset drawn from (seed, epoch) alone, of which each
+    of the `world` processes takes every world-th index. One process and N processes therefore
+    form the same global batches, and a resumed run the same order as an uninterrupted one.
+
+    Yields `(epoch, index)`: the dataset draws the item's randomness (caption, frame offsets) from
+    (seed, epoch, index), which also reaches persistent DataLoader workers (they hold their own
+    copy of the dataset, so an epoch set on the main process's copy would not). Call
+    `set_epoch(epoch)` before each epoch."""
+
+    def __init__(self, dataset: Dataset, world: int, rank: int, seed: int):
+        super().__init__(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return ((self.epoch, index) for index in super().__iter__())
+
+
 def make_loader(dataset: Dataset, args: argparse.Namespace, train: bool) -> tuple[DataLoader, object]:
-    """DataLoader + sampler (DistributedSampler under torch.distributed, else RandomSampler/None)."""
+    """DataLoader + sampler: `EpochSampler` for training; for evaluation a DistributedSampler
+    (no shuffle) under torch.distributed, else None (in order)."""
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     world = torch.distributed.get_world_size() if distributed else 1
     if train:
         if args.batch_size % world:
-            raise ValueError(f"--batch_size {args.batch_size} (global) must be divisible by the "
-                             f"number of processes ({world})")
+            raise UserError(f"--batch_size {args.batch_size} (global) must be divisible by the number of "
+                            f"processes ({world}): pick a multiple of {world}")
         batch_size = args.batch_size // world
+        sampler = EpochSampler(dataset, world, torch.distributed.get_rank() if distributed else 0, args.seed)
     else:
         batch_size = args.batch_size_val
-    if distributed:
-        sampler = DistributedSampler(dataset, shuffle=train, drop_last=train)
-    else:
-        sampler = RandomSampler(dataset) if train else None
+        sampler = DistributedSampler(dataset, shuffle=False, drop_last=False) if distributed else None
     # Training drops the ragged last batch, unless the dataset holds no full batch at all.
     drop_last = train and len(dataset) // world >= batch_size
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
                         num_workers=args.num_workers, pin_memory=torch.cuda.is_available(),
-                        persistent_workers=train and args.num_workers > 0, worker_init_fn=seed_worker)
+                        persistent_workers=train and args.num_workers > 0, worker_init_fn=init_worker)
     return loader, sampler
 
 

@@ -13,14 +13,20 @@ is complete only with `num_workers=0` (or in `python -m dataloaders.check`).
 """
 from __future__ import annotations
 
+import io
+import json
 import logging
 import os
 import random
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
+import pandas as pd
 import torch
 from torch.utils.data import Dataset
+
+from modules import errors
+from modules.errors import MissingFileError, UserError
 
 from .video_reader import VideoReader, VideoReadError
 
@@ -44,16 +50,80 @@ class Annotations:
     text_to_video: list[int]
     one_item_per_video: bool = False
 
+    def captions_of_videos(self) -> list[list[int]]:
+        """Caption indices of each video, in `video_ids` order."""
+        out: list[list[int]] = [[] for _ in self.video_ids]
+        for caption, video in enumerate(self.text_to_video):
+            out[video].append(caption)
+        return out
 
-def require_file(dataset: str, data_path: str, name: str, layout: str) -> str:
-    """Path of annotation file `name` under `data_path`, or a FileNotFoundError showing `layout`."""
+
+def layout_hint(dataset: str) -> str:
+    """Where the user finds the expected files of `dataset` (one line, for error messages)."""
+    return f"expected layout: python -m dataloaders.check --dataset {dataset} --layout"
+
+
+def require_file(dataset: str, data_path: str, name: str) -> str:
+    """Path of annotation file `name` under `data_path`; a UserError naming it when it is a folder,
+    a MissingFileError when it is missing (both point to the expected layout)."""
     path = os.path.join(data_path, name)
+    if os.path.isdir(path):
+        raise UserError(f"{dataset}: {path} is a folder; expected the annotation file {name} "
+                        f"({layout_hint(dataset)})")
     if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"{dataset}: annotation file not found: {path}\n"
-            f"Expected layout of --data_path ({data_path}):\n{layout.rstrip()}\n"
-            f"See the data section of README.md for where to get the files.")
+        raise MissingFileError(f"{dataset}: annotation file not found: {path}; put it in --data_path "
+                               f"{data_path} ({layout_hint(dataset)})")
     return path
+
+
+def read_text(path: str) -> str:
+    """UTF-8 text of an annotation file; a byte that is not UTF-8 is a UserError naming the file
+    and its line (the file is damaged or in another encoding)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise UserError(f"{path}: line {line}: byte 0x{data[exc.start]:02x} is not UTF-8 text; the file is "
+                        f"damaged or in another encoding: download it again or convert it to UTF-8") from None
+
+
+def read_json(path: str, expected_type: type) -> Any:
+    """JSON of an annotation file, which must be a `expected_type` (dict or list); invalid or
+    truncated JSON is a UserError naming the file, line and column."""
+    try:
+        content = json.loads(read_text(path))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno} ({exc.msg}); the file is "
+                        f"damaged or truncated: download it again") from None
+    if not isinstance(content, expected_type):
+        raise UserError(f"{path}: expected a JSON {'object' if expected_type is dict else 'list'} at the top "
+                        f"level, found a {type(content).__name__}; is it the right file?")
+    return content
+
+
+def field(record: Any, key: str, path: str, where: str) -> Any:
+    """`record[key]` of a JSON record; a UserError naming the file, the record (`where`, e.g.
+    'sentences[12]') and the field when the record is not an object or lacks the field."""
+    if not isinstance(record, dict) or key not in record:
+        found = sorted(record)[:6] if isinstance(record, dict) else type(record).__name__
+        raise UserError(f"{path}: {where} has no field '{key}' (found {found}); is it the right file?")
+    return record[key]
+
+
+def read_csv(path: str, columns: tuple[str, ...]) -> pd.DataFrame:
+    """A csv with a header row holding (at least) `columns`, read by column name; bad bytes,
+    malformed rows or a missing column are a UserError naming the file."""
+    try:
+        table = pd.read_csv(io.StringIO(read_text(path)))
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise UserError(f"{path}: not a readable csv ({errors.one_line(exc)}); download it again") from None
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise UserError(f"{path}: no column '{missing[0]}' (header: {list(table.columns)[:8]}); expected the "
+                        f"columns {list(columns)}; is it the right file?")
+    return table
 
 
 def group_captions(video_ids: list[str], captions_of: dict[str, list[str]]) -> Annotations:
@@ -80,7 +150,8 @@ def video_file_index(features_path: str) -> dict[str, str]:
     if key in _INDEX_CACHE:
         return _INDEX_CACHE[key]
     if not os.path.isdir(features_path):
-        raise FileNotFoundError(f"--features_path {features_path} is not a folder of videos")
+        raise MissingFileError(f"--features_path {features_path} is not a folder; point it at the folder "
+                               f"holding the videos")
     rank = {ext: i for i, ext in enumerate(VIDEO_EXTENSIONS)}
     best: dict[str, tuple[int, str]] = {}
     for root, _, files in os.walk(features_path, followlinks=True):
@@ -110,22 +181,23 @@ class RetrievalDataset(Dataset):
             replacement of unreadable videos; otherwise segment centres and zero frames.
         random_frames: with `train`, TSN random offsets (True) or segment centres (False,
             `--train_frame_sampling uniform`).
+        seed: with an (epoch, index) key, an item's randomness is drawn from (seed, epoch, index).
     """
 
     def __init__(self, annotations: Annotations, video_paths: list[str | None], *, name: str,
                  split: str, tokenizer: Tokenizer, max_words: int, reader: VideoReader, train: bool,
-                 random_frames: bool = True):
+                 random_frames: bool = True, seed: int = 0):
         if not annotations.captions:
-            raise ValueError(f"{name} {split}: the annotation files give no captions")
+            raise UserError(f"{name} {split}: the annotation files give no captions; check the files in "
+                            f"--data_path")
         self.name, self.split, self.train = name, split, train
         self.random_frames = random_frames  # train only: TSN offsets, else segment centres
+        self.seed = seed
         self.video_ids = annotations.video_ids
         self.captions = annotations.captions
         self.text_to_video = annotations.text_to_video
         self.video_paths = video_paths
-        self.video_to_captions: list[list[int]] = [[] for _ in self.video_ids]
-        for caption_index, video_index in enumerate(self.text_to_video):
-            self.video_to_captions[video_index].append(caption_index)
+        self.video_to_captions = annotations.captions_of_videos()
         self.one_item_per_video = train and annotations.one_item_per_video
         self.tokenizer, self.max_words, self.reader = tokenizer, max_words, reader
         self.num_frames = reader.num_frames
@@ -134,21 +206,27 @@ class RetrievalDataset(Dataset):
     def __len__(self) -> int:
         return len(self.video_ids) if self.one_item_per_video else len(self.captions)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """Item `key`: an index, or `(epoch, index)` (as `EpochSampler` yields): the caption drawn
+        for the video, the TSN frame offsets and the replacement of an unreadable video then come
+        from a generator seeded with (seed, epoch, index), the same in every process, worker and
+        resumed run. A plain index draws from the process's `random` module."""
+        epoch, index = key if isinstance(key, tuple) else (None, key)
+        rng = random if epoch is None else random.Random(f"{self.seed}/{epoch}/{index}")
         num_bad = 0
         for _ in range(MAX_TRAIN_REPLACEMENTS + 1):
             if self.one_item_per_video:
                 video_index = index
-                caption_index = random.choice(self.video_to_captions[video_index])
+                caption_index = rng.choice(self.video_to_captions[video_index])
             else:
                 caption_index, video_index = index, self.text_to_video[index]
-            video, mask, ok = self.load_video(video_index, train=self.train)
+            video, mask, ok = self.load_video(video_index, train=self.train, rng=rng)
             if ok or not self.train:
                 return {**self.encode_text(caption_index), "video": video, "video_mask": mask,
                         "video_id": self.video_ids[video_index], "video_index": video_index,
                         "video_ok": int(ok), "num_bad_videos": num_bad + int(not ok)}
             num_bad += 1
-            index = random.randrange(len(self))
+            index = rng.randrange(len(self))
         raise RuntimeError(
             f"{self.name} {self.split}: {num_bad} videos in a row could not be read "
             f"(last reasons: {list(self.bad_videos.values())[-3:]}); "
@@ -170,14 +248,16 @@ class RetrievalDataset(Dataset):
             return "unreadable", str(exc), 0
         return "ok", "", int(mask.sum())
 
-    def load_video(self, video_index: int, train: bool) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        """uint8 `[T, 3, S, S]`, mask long `[T]`, ok; a failure gives zeros, mask 0, logged once."""
+    def load_video(self, video_index: int, train: bool,
+                   rng: random.Random | None = None) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """uint8 `[T, 3, S, S]`, mask long `[T]`, ok; a failure gives zeros, mask 0, logged once.
+        `rng` draws the TSN offsets (default: the `random` module)."""
         path = self.video_paths[video_index]
         try:
             if path is None:
                 raise VideoReadError(f"<{self.video_ids[video_index]}>", "missing: no video file with this id "
                                      "under --features_path")
-            video, mask = self.reader.read(path, train=train and self.random_frames)
+            video, mask = self.reader.read(path, train=train and self.random_frames, rng=rng)
             return video, mask, True
         except (VideoReadError, OSError) as exc:
             video_id = self.video_ids[video_index]

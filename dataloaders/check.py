@@ -1,5 +1,6 @@
 """Decode every video of a dataset before renting GPUs: `python -m dataloaders.check --dataset NAME
 --data_path DIR --features_path DIR [--split train val test] [--video_backend pyav] [--num_workers N]`.
+`python -m dataloaders.check --dataset NAME --layout` prints the files the dataset expects.
 
 Any other flag of `params.py` is accepted (e.g. --max_frames, --video_max_seconds). Prints the
 counts of videos, captions, ok, missing, unreadable and too short (fewer frames than loaded per
@@ -17,7 +18,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 import params
-from . import build_dataset
+from modules.errors import UserError, one_line
+from . import PARSERS, build_dataset, msrvtt
 from .base import RetrievalDataset
 
 MAX_IDS_SHOWN = 50
@@ -65,14 +67,22 @@ def check_split(dataset: RetrievalDataset, num_workers: int, progress: bool = Tr
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=False)
     parser.add_argument("--split", nargs="+", choices=("train", "val", "test"), default=["train", "val", "test"])
+    parser.add_argument("--layout", action="store_true", help="print the files --dataset expects and exit")
     own, rest = parser.parse_known_args(argv)
     args = params.get_args(rest)
+    if own.layout:
+        print(f"{args.dataset}: --data_path holds\n{PARSERS.get(args.dataset, msrvtt).LAYOUT}")
+        return 0
     if args.dataset != "synthetic" and (args.data_path is None or args.features_path is None):
         print("error: --data_path and --features_path are required", file=sys.stderr)
         return 2
     failed = False
     for split in own.split:
-        dataset = build_dataset(args, split, _no_tokenizer)
+        try:
+            dataset = build_dataset(args, split, _no_tokenizer)
+        except UserError as exc:
+            print(f"error: {one_line(str(exc))}", file=sys.stderr)
+            return 2
         result = check_split(dataset, args.num_workers, progress=not args.no_progress)
         print(f"[{args.dataset} {split}] videos {result['videos']}, captions {result['captions']}, "
               f"ok {result['ok']}, missing {result['missing']}, unreadable {result['unreadable']}, "

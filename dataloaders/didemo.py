@@ -4,11 +4,10 @@ The reference reads only the first 30 s of each video: pass `--video_max_seconds
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 
-from .base import VIDEO_EXTENSIONS, Annotations, require_file
+from .base import VIDEO_EXTENSIONS, Annotations, field, read_json, require_file
 from .msvd import read_id_list
 
 logger = logging.getLogger("dataloaders")
@@ -28,12 +27,12 @@ def video_keys(video_id: str) -> list[str]:
 
 
 def parse(data_path: str, split: str, *, dataset: str = "didemo") -> Annotations:
-    listed = read_id_list(require_file(dataset, data_path, f"{split}_list.txt", LAYOUT))
-    with open(require_file(dataset, data_path, f"{split}_data.json", LAYOUT)) as f:
-        entries = json.load(f)
+    listed = read_id_list(require_file(dataset, data_path, f"{split}_list.txt"))
+    path = require_file(dataset, data_path, f"{split}_data.json")
     descriptions: dict[str, list[str]] = {}
-    for entry in entries:
-        descriptions.setdefault(entry["video"], []).append(entry["description"].strip())
+    for i, entry in enumerate(read_json(path, list)):
+        video = field(entry, "video", path, f"entry {i}")
+        descriptions.setdefault(video, []).append(str(field(entry, "description", path, f"entry {i}")).strip())
     video_ids = [v for v in listed if descriptions.get(v)]
     if len(video_ids) < len(listed):
         logger.info("%s %s: %d of %d listed videos have no description; skipped",

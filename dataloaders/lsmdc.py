@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import csv
+import io
 
-from .base import Annotations, require_file
+from modules.errors import UserError
+
+from .base import Annotations, read_text, require_file
 
 FILES = {"train": "LSMDC16_annos_training.csv", "val": "LSMDC16_annos_val.csv",
          "test": "LSMDC16_challenge_1000_publictect.csv"}  # "publictect" is the real file name
@@ -15,20 +18,21 @@ LAYOUT = """\
 
 
 def parse(data_path: str, split: str, *, dataset: str = "lsmdc") -> Annotations:
-    path = require_file(dataset, data_path, FILES[split], LAYOUT)
+    path = require_file(dataset, data_path, FILES[split])
     video_ids: list[str] = []
     position: dict[str, int] = {}
     captions, text_to_video = [], []
-    with open(path, newline="") as f:
-        for line_number, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
-            if not row:
-                continue
-            if len(row) != 6:
-                raise ValueError(f"{path}:{line_number}: expected 6 tab-separated fields, got {len(row)}")
-            clip_id, sentence = row[0].strip(), row[5].strip()
-            if clip_id not in position:
-                position[clip_id] = len(video_ids)
-                video_ids.append(clip_id)
-            captions.append(sentence)
-            text_to_video.append(position[clip_id])
+    rows = csv.reader(io.StringIO(read_text(path), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    for line_number, row in enumerate(rows, 1):
+        if not row:
+            continue
+        if len(row) != 6:
+            raise UserError(f"{path}: line {line_number}: expected 6 tab-separated fields (clip id, 4 times, "
+                            f"sentence), got {len(row)}; is it the right file?")
+        clip_id, sentence = row[0].strip(), row[5].strip()
+        if clip_id not in position:
+            position[clip_id] = len(video_ids)
+            video_ids.append(clip_id)
+        captions.append(sentence)
+        text_to_video.append(position[clip_id])
     return Annotations(video_ids, captions, text_to_video)

@@ -30,6 +30,8 @@ import tempfile
 
 import numpy as np
 
+from modules.errors import UserError
+
 logger = logging.getLogger("dataloaders")
 
 GENERATOR_VERSION = 2  # bump when the output changes, so caches are rebuilt
@@ -56,12 +58,12 @@ def ensure_dataset(*, root: str | None, num_videos: int, num_test_videos: int, n
                    resolution: int, event_fraction: float, seed: int, distractor_frames: int = 0) -> str:
     """Folder of the dataset for these parameters, generating it first if needed."""
     if resolution % 2 or resolution < 16:
-        raise ValueError(f"--synthetic_resolution must be even and >= 16 (H.264), got {resolution}")
+        raise UserError(f"--synthetic_resolution must be even and >= 16 (H.264), got {resolution}")
     if num_frames < 4:
-        raise ValueError(f"--synthetic_num_frames must be >= 4, got {num_frames}")
+        raise UserError(f"--synthetic_num_frames must be >= 4, got {num_frames}")
     if not 0 <= distractor_frames <= num_frames // 2:
-        raise ValueError(f"--synthetic_distractor_frames must be in [0, {num_frames // 2}] (half the "
-                         f"--synthetic_num_frames), got {distractor_frames}")
+        raise UserError(f"--synthetic_distractor_frames must be in [0, {num_frames // 2}] (half the "
+                        f"--synthetic_num_frames), got {distractor_frames}")
     params = dict(version=GENERATOR_VERSION, num_videos=num_videos, num_test_videos=num_test_videos,
                   num_frames=num_frames, resolution=resolution, event_fraction=event_fraction, seed=seed,
                   distractor_frames=distractor_frames)
@@ -97,7 +99,7 @@ def plan_split(num: int, event_fraction: float, rng: np.random.Generator) -> lis
     plain = num - with_event - pairs
     needed = pairs + (lone_events + 1) // 2 + plain
     if needed > len(bases):
-        raise ValueError(f"cannot make {num} distinct synthetic captions with event fraction "
+        raise UserError(f"cannot make {num} distinct synthetic captions with event fraction "
                          f"{event_fraction}: at most {len(bases)} attribute combinations without events; "
                          f"lower --synthetic_num_videos or raise --synthetic_event_fraction")
     base = iter(bases)

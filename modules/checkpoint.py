@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from modules import clip, distributed
+from modules.errors import MissingFileError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,11 @@ def clip_weights_path(args: Namespace) -> str:
 
 def load_clip_weights(args: Namespace) -> dict[str, torch.Tensor]:
     """CLIP's fp32 state dict: random init of `--clip_arch` for `--clip_init random`, else the
-    file `clip_weights_path(args)` (FileNotFoundError naming it when missing)."""
+    file `clip_weights_path(args)` (MissingFileError naming it and its flag when missing)."""
     if args.clip_init == "random":
         return clip.random_clip_state_dict(args.clip_arch, seed=args.seed)
-    return clip.load_clip_state_dict(clip_weights_path(args))
+    flag = "--clip_weights" if args.clip_weights else "--pretrained_dir/--pretrained_clip_name"
+    return clip.load_clip_state_dict(clip_weights_path(args), flag=flag)
 
 
 def trainable_state_dict(model: nn.Module, trainable_names: set[str]) -> dict[str, torch.Tensor]:
@@ -65,31 +67,53 @@ def trainable_state_dict(model: nn.Module, trainable_names: set[str]) -> dict[st
 
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], trainable_names: set[str],
-                     source: str, require_all_trainable: bool) -> None:
-    """Copy `state` into `model`. Unknown keys are an error; trainable tensors missing from
-    `state` are an error when resuming (`require_all_trainable`) and a warning otherwise
-    (e.g. evaluating a STOP checkpoint with TempMe switched on). Outside resuming, a module
-    with an `adapt_loaded_state(state, prefix)` method may fit its tensors of another shape
-    (STOP's per-frame prompt table, trained at another number of frames); each change is logged."""
+                     source: str, require_all_trainable: bool, flag: str = "--init_model") -> None:
+    """Copy `state` into `model`. Unknown keys and tensors of another shape are a UserError naming
+    `flag` and `source` (the file); trainable tensors missing from `state` are an error when
+    resuming (`require_all_trainable`) and a warning otherwise (e.g. evaluating a STOP checkpoint
+    with TempMe switched on). Outside resuming, a module with an `adapt_loaded_state(state, prefix)`
+    method may first fit its tensors of another shape (STOP's per-frame prompt table, trained at
+    another number of frames); each change is logged."""
     if not require_all_trainable:
         state = dict(state)
         for name, module in model.named_modules():
             if hasattr(module, "adapt_loaded_state"):
                 for message in module.adapt_loaded_state(state, f"{name}." if name else ""):
                     log.info("%s: %s", source, message)
-    model_keys = set(model.state_dict())
-    unexpected = sorted(set(state) - model_keys)
+    model_state = model.state_dict()
+    unexpected = sorted(set(state) - set(model_state))
     if unexpected:
-        raise ValueError(f"{source} holds weights this model does not have (was it trained with other "
-                         f"--prompt_mode/--use_tempme/--tempme_type flags?): {unexpected[:8]}")
+        raise UserError(f"{flag} {source} holds weights this model does not have (e.g. {unexpected[:4]}): "
+                        f"use the --prompt_mode/--use_tempme/--tempme_type flags it was trained with "
+                        f"({run_args_path(source)})")
     missing = sorted(trainable_names - set(state))
     if missing and require_all_trainable:
-        raise ValueError(f"{source} lacks trainable weights of this model: {missing[:8]}; resume with the "
-                         f"flags the run was started with")
+        raise UserError(f"{flag} {source} lacks trainable weights of this model (e.g. {missing[:4]}): "
+                        f"use the flags it was trained with ({run_args_path(source)})")
+    check_shapes(model_state, state, source, flag)
     if missing:
         log.warning("%s lacks %d trainable tensors (kept at initialisation), e.g. %s", source, len(missing),
                     missing[:4])
     model.load_state_dict(state, strict=False)
+
+
+def run_args_path(checkpoint_path: str) -> str:
+    """Where the flags a checkpoint was trained with are: `args.json` of its run folder."""
+    return os.path.join(os.path.dirname(os.path.abspath(checkpoint_path)), "args.json")
+
+
+def check_shapes(model_state: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str,
+                 flag: str) -> None:
+    """UserError naming `flag`, `source` and its run's args.json when a tensor of `state` has
+    another shape than the model's tensor of the same name (the file was trained with other
+    model flags: prompt counts, --adapter_dim, --clip_arch, TempMe sizes...)."""
+    mismatched = [(name, tuple(tensor.shape), tuple(model_state[name].shape)) for name, tensor in state.items()
+                  if name in model_state and tensor.shape != model_state[name].shape]
+    if mismatched:
+        name, theirs, ours = mismatched[0]
+        raise UserError(f"{flag} {source}: {len(mismatched)} tensors have other shapes than this model's "
+                        f"(e.g. {name}: {theirs} in the file, {ours} here); it was trained with other model "
+                        f"flags: use those in its run's {run_args_path(source)}")
 
 
 def capture_rng() -> dict[str, Any]:
@@ -124,13 +148,29 @@ def save_checkpoint(payload: dict[str, Any], path: str) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: str) -> dict[str, Any]:
-    """Load a checkpoint (or a bare state dict) on CPU with `weights_only=True`."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if "model" not in checkpoint:  # a bare state dict of trained weights
-        checkpoint = {"model": checkpoint}
+CHECKPOINT_EXPECTED = "a checkpoint of this project (best.pt or latest.pt of a run folder)"
+# What `make_checkpoint` writes besides the model: resuming needs all of it.
+TRAINING_KEYS = frozenset({"model", "optimizer", "scaler", "epoch", "step", "best_r1", "best_epoch",
+                           "nonfinite_in_a_row", "schedule", "rng"})
+
+
+def load_checkpoint(path: str, flag: str = "--init_model", training_state: bool = False) -> dict[str, Any]:
+    """Load a checkpoint (or a bare state dict of trained tensors) on CPU with `weights_only=True`.
+
+    `training_state` (resuming): the file must be a `make_checkpoint` dict. Anything else (CLIP
+    weights, a file torch cannot read, trained tensors without optimiser state when resuming)
+    raises a UserError naming `flag`, the file and the flag it belongs to."""
+    content, archive = clip.read_weights_file(path, flag, CHECKPOINT_EXPECTED)
+    kind = clip.weights_kind(content)
+    if archive or kind in ("clip", "resnet_clip"):
+        raise UserError(f"{flag} {path} holds CLIP weights, not {CHECKPOINT_EXPECTED}: pass it as --clip_weights")
+    if kind not in ("checkpoint", "state_dict"):
+        raise UserError(f"{flag} {path} holds no trained tensors (a {type(content).__name__}); "
+                        f"expected {CHECKPOINT_EXPECTED}")
+    if training_state and not TRAINING_KEYS <= set(content):
+        raise UserError(f"{flag} {path} holds trained tensors only, no optimiser state or epoch to continue "
+                        f"from: start from them with --init_model {path} instead")
+    checkpoint = content if kind == "checkpoint" else {"model": content}  # a bare state dict of trained weights
     checkpoint["model"] = {_current_name(k): v for k, v in checkpoint["model"].items()}
     return checkpoint
 
@@ -144,7 +184,8 @@ def resolve_resume(resume: str | None, run_dir: str) -> str | None:
         path = os.path.join(run_dir, LATEST)
         return path if os.path.isfile(path) else None
     if not os.path.isfile(resume):
-        raise FileNotFoundError(f"--resume {resume}: no such checkpoint (use 'auto' or a path to a .pt file)")
+        raise MissingFileError(f"--resume {resume}: no such checkpoint file (use 'auto' or the path of a "
+                               f"run's latest.pt)")
     return resume
 
 
@@ -186,12 +227,13 @@ def restore_training(checkpoint: dict[str, Any], model: nn.Module, trainable_nam
         log.warning("%s: lr schedule %s differs from this run's %s (--epochs, --batch_size or the number of "
                     "processes changed); the learning rate continues on this run's schedule", source,
                     checkpoint["schedule"], schedule)
-    load_model_state(model, checkpoint["model"], trainable_names, source, require_all_trainable=True)
+    load_model_state(model, checkpoint["model"], trainable_names, source, require_all_trainable=True,
+                     flag="--resume")
     try:
         optimizer.load_state_dict(checkpoint["optimizer"])
     except ValueError as exc:
-        raise ValueError(f"{source}: optimiser state does not match this model's trainable groups ({exc}); "
-                         f"resume with the flags the run was started with") from exc
+        raise UserError(f"--resume {source}: optimiser state does not match this model's trainable groups "
+                        f"({exc}); resume with the flags the run was started with ({run_args_path(source)})") from exc
     scaler.load_state_dict(checkpoint["scaler"])
     rng_states = checkpoint["rng"]
     rng = rng_states[distributed.get_rank()] if len(rng_states) == distributed.get_world_size() else None

@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
+import zipfile
 from collections import OrderedDict
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from modules.errors import MissingFileError, UserError
 
 # A function (q, k, v) -> out on heads-split tensors `[N, heads, L, head_dim]`.
 AttentionCore = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -267,28 +271,101 @@ def build_clip(state_dict: dict[str, torch.Tensor]) -> CLIP:
     return model.float().eval()
 
 
-def load_clip_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def _describe_unreadable(path: str) -> str:
+    """What a file torch cannot read looks like, from its first bytes (for the error message)."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"PK"):
+        if zipfile.is_zipfile(path):
+            return "a PyTorch file holding Python objects besides tensors, which are not loaded for safety"
+        return "a damaged zip archive: was the download cut short?"
+    if head.startswith(b"\x80"):
+        return "a Python pickle, not tensors saved with torch.save"
+    try:
+        head.decode("utf-8")
+        return "a text file"
+    except UnicodeDecodeError:
+        return "unrecognised binary content"
+
+
+def read_weights_file(path: str | os.PathLike, flag: str, expected: str) -> tuple[Any, bool]:
+    """The content of the PyTorch file `path` that `flag` names, and whether it was a TorchScript
+    archive (the format of OpenAI's CLIP release; its state dict is returned).
+
+    Files written by `torch.save` are read with `weights_only=True`. A missing path raises
+    MissingFileError, a folder or a file torch cannot read a UserError; each names `flag`, the
+    path and `expected` (what the flag wants)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise UserError(f"{flag} {path} is a folder; expected {expected}")
+    if not os.path.isfile(path):
+        raise MissingFileError(f"{flag} {path} does not exist; expected {expected}")
+    with warnings.catch_warnings():  # torch.jit's deprecation notice, pickle-protocol notes
+        warnings.simplefilter("ignore")
+        try:
+            return torch.jit.load(path, map_location="cpu").state_dict(), True
+        except Exception:
+            pass  # not a TorchScript archive: a file written by torch.save, or no weights at all
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True), False
+        except Exception:
+            reason = _describe_unreadable(path)
+    raise UserError(f"{flag} {path} is not a PyTorch weights file ({reason}); expected {expected}")
+
+
+def weights_kind(content: Any) -> str:
+    """What a weights file holds: "clip" (a ViT CLIP state dict, possibly under 'state_dict' or
+    'model' of a dict), "resnet_clip", "checkpoint" (a dict whose 'model' is a dict of tensors,
+    as this project's checkpoints), "state_dict" (another dict of tensors, such as the trained
+    tensors of this project) or "unknown"."""
+    if not isinstance(content, dict):
+        return "unknown"
+    keys = {str(k).removeprefix("module.") for k in _unwrap_state_dict(content)}
+    if "visual.conv1.weight" in keys:
+        return "clip"
+    if "visual.attnpool.positional_embedding" in keys:
+        return "resnet_clip"
+    if isinstance(content.get("model"), dict):
+        return "checkpoint"
+    if content and all(isinstance(v, torch.Tensor) for v in content.values()):
+        return "state_dict"
+    return "unknown"
+
+
+def _unwrap_state_dict(content: dict) -> dict:
+    """A state dict saved under 'state_dict' or 'model' of a dict, else `content` itself."""
+    for key in ("state_dict", "model"):
+        if isinstance(content.get(key), dict):
+            return content[key]
+    return content
+
+
+CLIP_EXPECTED = ("OpenAI's CLIP weights, e.g. ViT-B-32.pt from OpenAI's CLIP repository (point --clip_weights "
+                 "at the file, or --pretrained_dir at its folder)")
+
+
+def load_clip_state_dict(path: str | os.PathLike, flag: str = "--clip_weights") -> dict[str, torch.Tensor]:
     """Read CLIP weights: OpenAI's TorchScript archive, a plain state dict, or a dict holding one.
 
     Returns float32 tensors with OpenAI's names (`module.` prefixes stripped, TorchScript
-    bookkeeping entries such as `input_resolution` removed).
+    bookkeeping entries such as `input_resolution` removed). Anything else (a missing file, a
+    training checkpoint of this project, a ResNet CLIP, other tensors) raises a UserError
+    naming `flag`, the file and the flag it belongs to.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"CLIP weights not found at '{path}'. Put OpenAI's checkpoint there (for ViT-B/32 the file "
-            f"is ViT-B-32.pt, as distributed by OpenAI's CLIP repository), or point --clip_weights / "
-            f"--pretrained_dir at it.")
-    try:
-        state_dict = torch.jit.load(path, map_location="cpu").state_dict()
-    except RuntimeError:
-        # Not a TorchScript archive: a file written by torch.save.
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-        for key in ("state_dict", "model"):
-            if isinstance(state_dict, dict) and isinstance(state_dict.get(key), dict):
-                state_dict = state_dict[key]
-    if not isinstance(state_dict, dict):
-        raise ValueError(f"'{path}' holds no CLIP state dict (found {type(state_dict).__name__})")
+    content, _ = read_weights_file(path, flag, CLIP_EXPECTED)
+    kind = weights_kind(content)
+    if kind != "clip":
+        found = {
+            "checkpoint": "a training checkpoint of this project, not CLIP weights: pass it as --init_model "
+                          "(or --resume to continue its run) and point --clip_weights at OpenAI's CLIP file",
+            "resnet_clip": "a ResNet CLIP; only ViT CLIPs are supported (ViT-B-32.pt, ViT-B-16.pt, ViT-L-14.pt)",
+            "state_dict": f"tensors that are not a ViT CLIP state dict (keys such as {sorted(content)[:3]}): "
+                          f"trained weights of this project go to --init_model; expected {CLIP_EXPECTED}",
+        }.get(kind, f"no CLIP state dict (a {type(content).__name__}); expected {CLIP_EXPECTED}")
+        raise UserError(f"{flag} {os.fspath(path)} holds {found}")
+    state_dict = _unwrap_state_dict(content)
     return {k.removeprefix("module."): v.float() for k, v in state_dict.items()
             if k.removeprefix("module.") not in _NON_PARAMETER_KEYS}
 

@@ -17,6 +17,7 @@ import torch
 from modules.checkpoint import load_checkpoint, load_clip_weights, load_model_state
 from modules.clip import build_clip
 from modules.clip4clip import CLIP4Clip
+from modules.errors import UserError
 from modules.loss import RetrievalLoss
 from modules.optim import trainable_names
 from modules.stop import REFERENCE_RESOLUTION, StopConfig, StopPrompts, add_adapters
@@ -50,7 +51,7 @@ def build_model(clip_state_dict: dict[str, torch.Tensor], args: Any) -> CLIP4Cli
     """
     clip = build_clip(clip_state_dict)
     if args.image_size != clip.visual.input_resolution:
-        raise ValueError(f"--image_size {args.image_size} does not match CLIP's input resolution "
+        raise UserError(f"--image_size {args.image_size} does not match CLIP's input resolution "
                          f"{clip.visual.input_resolution}; set --image_size {clip.visual.input_resolution}")
     compressor = get_tempme_model(tempme_config(args))
     prompts = None

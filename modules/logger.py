@@ -1,6 +1,8 @@
 """What a run writes for people: the run folder, log.txt, args.json, metrics.jsonl, metric tables.
 
-Only rank 0 writes files and logs at INFO; other ranks log warnings to the console.
+Only rank 0 writes files and logs at INFO; other ranks log warnings to the console. A run folder
+holds one run: `RunFolder.open` refuses a folder that already holds one unless `--resume`, and a
+start that fails before training leaves no folder behind (`RunFolder.discard_if_unstarted`).
 """
 from __future__ import annotations
 
@@ -11,28 +13,93 @@ import sys
 import time
 from argparse import Namespace
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 import params
-from modules import distributed
+from modules import checkpoint, distributed
+from modules.errors import UserError
 
 _FORMAT = "%(asctime)s | %(levelname)s | %(message)s"
 _DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
-def make_run_dir(args: Namespace) -> str:
-    """`<output_dir>/<run_name>` (default name: dataset + time stamp, chosen by rank 0 and
-    broadcast so every rank agrees); created by rank 0."""
-    name = args.run_name or f"{args.dataset}_{time.strftime('%Y%m%d-%H%M%S')}"
-    name = distributed.broadcast_object(name)
-    run_dir = os.path.join(args.output_dir, name)
-    if distributed.is_main_process():
-        os.makedirs(run_dir, exist_ok=True)
-    distributed.barrier()
-    return run_dir
+DEFAULT_OUTPUT_DIR = "outputs"
+LOG = "log.txt"
+# Files that make a folder hold a run (a start without --resume refuses such a folder).
+RUN_FILES = ("args.json", "metrics.jsonl", checkpoint.LATEST, checkpoint.BEST)
+
+
+def run_dir_path(args: Namespace) -> str:
+    """`<--output_dir>/<--run_name>`; `--output_dir` alone is the run folder (as in CLIP4Clip);
+    neither: `outputs/<dataset>_<time stamp>` (rank 0's clock, broadcast so every rank agrees)."""
+    if args.run_name:
+        return os.path.join(args.output_dir or DEFAULT_OUTPUT_DIR, args.run_name)
+    if args.output_dir:
+        return args.output_dir
+    stamp = distributed.broadcast_object(time.strftime("%Y%m%d-%H%M%S"))
+    return os.path.join(DEFAULT_OUTPUT_DIR, f"{args.dataset}_{stamp}")
+
+
+@dataclass
+class RunFolder:
+    """The run folder's life: `open` (choose, refuse a used one, create), `started` once training
+    or evaluation begins, `discard_if_unstarted` after a failed start; `progress` says how far
+    training got, for the message of an interruption."""
+    path: str | None = None
+    created: bool = False   # this start made the folder
+    started: bool = False   # training or evaluation began: the folder is kept
+    progress: tuple[int, int] | None = None  # (epoch in progress, optimiser steps done) after its training
+
+    def open(self, args: Namespace) -> str:
+        """Choose the folder (`run_dir_path`), refuse one that holds a run unless `--resume` (a
+        UserError naming --resume auto and --run_name), create it. Rank 0 decides and creates;
+        every rank returns the path or raises."""
+        path = run_dir_path(args)
+        problem, created = None, False
+        if distributed.is_main_process():
+            problem = _unusable_run_dir(path, args)
+            created = problem is None and not os.path.isdir(path)
+            if problem is None:
+                os.makedirs(path, exist_ok=True)
+        problem, created = distributed.broadcast_object((problem, created))
+        if problem:
+            raise UserError(problem)
+        self.path, self.created = path, created
+        distributed.barrier()
+        return path
+
+    def discard_if_unstarted(self) -> None:
+        """After a failure: remove the folder this start made if training never began and it holds
+        nothing but its log and args.json (rank 0)."""
+        if not (self.created and not self.started and self.path and distributed.is_main_process()):
+            return
+        for name in (LOG, "args.json"):
+            if os.path.isfile(os.path.join(self.path, name)):
+                os.remove(os.path.join(self.path, name))
+        if os.path.isdir(self.path) and not os.listdir(self.path):
+            os.rmdir(self.path)
+
+    def append_log(self, message: str, level: str = "ERROR") -> None:
+        """Append `message` to log.txt in the log's format, if the folder is there (rank 0)."""
+        if self.path and os.path.isdir(self.path) and distributed.is_main_process():
+            with open(os.path.join(self.path, LOG), "a") as f:
+                f.write(f"{time.strftime(_DATE_FORMAT)} | {level} | {message}\n")
+
+
+def _unusable_run_dir(path: str, args: Namespace) -> str | None:
+    """Why `path` cannot take this run (a file; a folder holding a run without --resume), else None."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        return f"run folder {path} is a file; choose another --output_dir/--run_name"
+    used = [name for name in RUN_FILES if os.path.exists(os.path.join(path, name))]
+    if used and args.resume is None:
+        other = "--run_name" if args.run_name or not args.output_dir else "--output_dir (or add --run_name)"
+        return (f"run folder {path} already holds a run ({', '.join(used)}): continue it with --resume auto, "
+                f"or start a new run with another {other}")
+    return None
 
 
 def setup_logging(run_dir: str) -> None:
@@ -43,7 +110,7 @@ def setup_logging(run_dir: str) -> None:
     formatter = logging.Formatter(_FORMAT, _DATE_FORMAT)
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
     if distributed.is_main_process():
-        handlers.append(logging.FileHandler(os.path.join(run_dir, "log.txt")))
+        handlers.append(logging.FileHandler(os.path.join(run_dir, LOG)))
     for handler in handlers:
         handler.setFormatter(formatter)
         handler._stop_tempme_run = True  # marks handlers this module owns
@@ -139,13 +206,16 @@ def tempme_configuration(args: Namespace, compressor: nn.Module | None) -> str:
 
 def format_startup(args: Namespace, run_dir: str, device: torch.device, precision: str, model: nn.Module,
                    datasets: dict[str, Any]) -> str:
-    """The start-up block: run, device, dataset sizes, frames loaded, parameter counts, TempMe."""
+    """The start-up block: run, device, dataset sizes, how val is made, frames loaded, parameter
+    counts, TempMe."""
     lines = [f"run folder {run_dir} | device {device} | precision {precision} | "
              f"processes {distributed.get_world_size()} | seed {args.seed}"]
     for split, dataset in datasets.items():
         if dataset is not None:
             lines.append(f"data {args.dataset} {split}: {len(dataset)} items, {len(dataset.captions)} captions, "
                          f"{len(dataset.video_ids)} videos")
+    if datasets.get("val") is not None:
+        lines.append(f"model selection (best epoch): {datasets['val'].val_protocol}")
     lines.append(f"frames loaded per video: {params.num_input_frames(args)} at {args.image_size} px | "
                  f"max words {args.max_words}")
     lines.append(parameter_summary(model))

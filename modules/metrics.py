@@ -8,6 +8,7 @@ similarity matrix never yields R@1 = 100. Work is done in row chunks so that a
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 RECALL_KS = (1, 5, 10)
@@ -69,13 +70,22 @@ def ranks_to_metrics(ranks: torch.Tensor) -> dict[str, float]:
     return metrics
 
 
-def compute_metrics(sim: torch.Tensor, text_to_video: torch.Tensor) -> dict[str, dict[str, float]]:
+def compute_metrics(sim: torch.Tensor | np.ndarray,
+                    text_to_video: torch.Tensor | np.ndarray | None = None) -> dict[str, dict[str, float]]:
     """Text->video and video->text retrieval metrics.
 
-    sim: [Nt, Nv] similarity (any number of captions per video);
-    text_to_video: [Nt] long, `text_to_video[i]` = index of caption i's video.
+    sim: [Nt, Nv] similarity (any number of captions per video), a tensor or a numpy array (as
+    CLIP4Clip's `compute_metrics` takes); text_to_video: [Nt] long, `text_to_video[i]` = index of
+    caption i's video; None: caption i belongs to video i (a square matrix, CLIP4Clip's case).
     Returns {"t2v": {R1, R5, R10, MdR, MnR}, "v2t": {...}}.
     """
+    sim = torch.as_tensor(sim)
+    if text_to_video is None:
+        if sim.dim() != 2 or sim.shape[0] != sim.shape[1]:
+            raise ValueError(f"without text_to_video, sim must be square (caption i belongs to video i), "
+                             f"got {tuple(sim.shape)}")
+        text_to_video = torch.arange(sim.shape[0])
+    text_to_video = torch.as_tensor(text_to_video)
     if sim.dim() != 2 or text_to_video.shape != (sim.shape[0],):
         raise ValueError(f"expected sim [Nt, Nv] and text_to_video [Nt], got {tuple(sim.shape)} "
                          f"and {tuple(text_to_video.shape)}")

@@ -11,6 +11,8 @@ from argparse import Namespace
 import torch
 from torch import nn
 
+from modules.errors import UserError
+
 ADAMW_BETAS = (0.9, 0.98)
 ADAMW_EPS = 1e-6
 _NO_DECAY_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.Embedding)
@@ -77,7 +79,7 @@ def build_optimizer(model: nn.Module, args: Namespace) -> torch.optim.AdamW:
                                      "base_lr": base_lrs[group_name], "lr": base_lrs[group_name],
                                      "weight_decay": args.weight_decay if decay else 0.0})
     if not param_groups:
-        raise ValueError("the model has no trainable parameters: check --prompt_mode, --train_clip and "
+        raise UserError("the model has no trainable parameters: check --prompt_mode, --train_clip and "
                          "--use_tempme (training needs at least one trainable group)")
     return torch.optim.AdamW(param_groups, betas=ADAMW_BETAS, eps=ADAMW_EPS)
 

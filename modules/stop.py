@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modules.clip import CLIP, Attention, AttentionCore, QuickGELU, ResidualAttentionBlock, VisionTransformer
+from modules.errors import UserError
 from modules.fft_conv import cached_when_frozen, same_conv3d
 
 # Kernel sizes of the reference code's prompt networks (DESIGN 4.3 / 4.4), for 224 px frames.
@@ -189,7 +190,7 @@ class SpatialPrompt(nn.Module):
                  kernel_scale: float = 1.0) -> None:
         super().__init__()
         if not 1 <= topk <= grid_size ** 2:
-            raise ValueError(f"--spatial_topk must be in [1, {grid_size ** 2}] (patches per frame), got {topk}")
+            raise UserError(f"--spatial_topk must be in [1, {grid_size ** 2}] (patches per frame), got {topk}")
         self.grid_size, self.patch_size, self.topk, self.scale = grid_size, patch_size, topk, scale
         kernel = scaled_kernel(SPATIAL_KERNEL, kernel_scale)
         self.convs = nn.ModuleList([_same_conv(cin, cout, kernel) for cin, cout in ((3, 9), (9, 9), (9, 9), (9, 16))])
@@ -458,7 +459,7 @@ class StopPrompts(nn.Module):
                 heads=visual.transformer.heads)
         elif config.prompt_generator == "linear":
             if config.num_text_prompts != 2 * config.num_local_prompts:
-                raise ValueError(f"--prompt_generator linear maps each local prompt to one prefix and one postfix "
+                raise UserError(f"--prompt_generator linear maps each local prompt to one prefix and one postfix "
                                  f"text prompt: --num_text_prompts ({config.num_text_prompts}) must be "
                                  f"2 x --num_local_prompts ({config.num_local_prompts})")
             self.prompt_generator = LinearPromptGenerator(

@@ -19,6 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from modules import distributed, optim
+from modules.errors import UserError, interrupted_at
 from modules.precision import autocast
 
 log = logging.getLogger(__name__)
@@ -26,8 +27,9 @@ log = logging.getLogger(__name__)
 MODEL_INPUTS = ("input_ids", "attention_mask", "video", "video_mask")
 
 
-class NonFiniteLossError(RuntimeError):
-    """Raised after `--max_nonfinite_steps` consecutive non-finite losses."""
+class NonFiniteLossError(UserError, RuntimeError):
+    """Raised after `--max_nonfinite_steps` consecutive non-finite losses (the message says which
+    flags to change, so the run ends with that one line)."""
 
 
 def train_one_epoch(model: nn.Module, loss_fn: Callable[[Any], torch.Tensor], loader: Iterable[dict[str, Any]],
@@ -41,6 +43,7 @@ def train_one_epoch(model: nn.Module, loss_fn: Callable[[Any], torch.Tensor], lo
     Batches hold `input_ids`/`attention_mask` [B, L], `video` uint8 [B, T, 3, H, W],
     `video_mask` [B, T] (B = this process's share of `--batch_size`). A non-finite loss skips
     its optimiser step with a warning; `--max_nonfinite_steps` in a row raise NonFiniteLossError.
+    Ctrl-C raises `errors.Interrupted(epoch + 1, optimiser steps done)`.
     Returns {"loss", "lr" (per trainable group), "step", "steps", "skipped_steps", "samples_per_s", "bad_videos",
     "nonfinite_in_a_row"} (loss: mean over finite batches of the global-batch loss).
     """
@@ -54,56 +57,57 @@ def train_one_epoch(model: nn.Module, loss_fn: Callable[[Any], torch.Tensor], lo
     start = time.perf_counter()
     bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}", dynamic_ncols=True,
                disable=args.no_progress or not distributed.is_main_process())
-    for i, batch in enumerate(loader):
-        if i >= steps_per_epoch * accum:
-            break  # an incomplete accumulation window at the end is dropped
-        if i % accum == 0:
-            optim.set_learning_rate(optimizer, step, total_steps, warmup_steps)
-        last_in_window = (i + 1) % accum == 0
-        bad_videos += int(batch["num_bad_videos"].sum()) if "num_bad_videos" in batch else 0
-        samples += batch["input_ids"].shape[0]
-        inputs = [batch[k].to(device, non_blocking=True) for k in MODEL_INPUTS]
-        # Gradients are synchronised across ranks only on the last batch of a window.
-        sync = contextlib.nullcontext() if last_in_window or not hasattr(model, "no_sync") else model.no_sync()
-        with sync:
-            with autocast(precision, device):
-                loss = loss_fn(model(*inputs))
-            finite = distributed.all_reduce_number(0.0 if torch.isfinite(loss).item() else 1.0, "max") == 0
-            if finite:
-                scaler.scale(loss * world / accum).backward()
-                loss_sum += loss.item()
-                loss_count += 1
+    with interrupted_at(epoch + 1, lambda: step):  # Ctrl-C: where training stopped, for the message
+        for i, batch in enumerate(loader):
+            if i >= steps_per_epoch * accum:
+                break  # an incomplete accumulation window at the end is dropped
+            if i % accum == 0:
+                optim.set_learning_rate(optimizer, step, total_steps, warmup_steps)
+            last_in_window = (i + 1) % accum == 0
+            bad_videos += int(batch["num_bad_videos"].sum()) if "num_bad_videos" in batch else 0
+            samples += batch["input_ids"].shape[0]
+            inputs = [batch[k].to(device, non_blocking=True) for k in MODEL_INPUTS]
+            # Gradients are synchronised across ranks only on the last batch of a window.
+            sync = contextlib.nullcontext() if last_in_window or not hasattr(model, "no_sync") else model.no_sync()
+            with sync:
+                with autocast(precision, device):
+                    loss = loss_fn(model(*inputs))
+                finite = distributed.all_reduce_number(0.0 if torch.isfinite(loss).item() else 1.0, "max") == 0
+                if finite:
+                    scaler.scale(loss * world / accum).backward()
+                    loss_sum += loss.item()
+                    loss_count += 1
+                else:
+                    window_ok = False
+            if not last_in_window:
+                continue
+            if window_ok:
+                if args.grad_clip > 0:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                nonfinite_in_a_row = 0
             else:
-                window_ok = False
-        if not last_in_window:
-            continue
-        if window_ok:
-            if args.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            nonfinite_in_a_row = 0
-        else:
-            skipped += 1
-            nonfinite_in_a_row += 1
-            log.warning("epoch %d step %d: non-finite loss, optimiser step skipped (%d in a row, limit %d)",
-                        epoch + 1, step + 1, nonfinite_in_a_row, args.max_nonfinite_steps)
-            if nonfinite_in_a_row >= args.max_nonfinite_steps:
-                raise NonFiniteLossError(
-                    f"{nonfinite_in_a_row} consecutive non-finite losses (--max_nonfinite_steps "
-                    f"{args.max_nonfinite_steps}); lower --lr / --tempme_lr, use --precision amp_bf16 or "
-                    f"fp32, or check the data for empty videos")
-        optimizer.zero_grad(set_to_none=True)
-        window_ok = True
-        step += 1
-        bar.update(1)
-        if loss_count:
-            bar.set_postfix(loss=f"{loss_sum / loss_count:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-        if args.log_every and (step - start_step) % args.log_every == 0:
-            log.info("epoch %d step %d/%d | loss %.4f | lr %.3e | %.1f samples/s", epoch + 1,
-                     step - start_step, steps_per_epoch, loss.item(), optimizer.param_groups[0]["lr"],
-                     samples * world / (time.perf_counter() - start))
+                skipped += 1
+                nonfinite_in_a_row += 1
+                log.warning("epoch %d step %d: non-finite loss, optimiser step skipped (%d in a row, limit %d)",
+                            epoch + 1, step + 1, nonfinite_in_a_row, args.max_nonfinite_steps)
+                if nonfinite_in_a_row >= args.max_nonfinite_steps:
+                    raise NonFiniteLossError(
+                        f"{nonfinite_in_a_row} consecutive non-finite losses (--max_nonfinite_steps "
+                        f"{args.max_nonfinite_steps}); lower --lr / --tempme_lr, use --precision amp_bf16 or "
+                        f"fp32, or check the data for empty videos")
+            optimizer.zero_grad(set_to_none=True)
+            window_ok = True
+            step += 1
+            bar.update(1)
+            if loss_count:
+                bar.set_postfix(loss=f"{loss_sum / loss_count:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+            if args.log_every and (step - start_step) % args.log_every == 0:
+                log.info("epoch %d step %d/%d | loss %.4f | lr %.3e | %.1f samples/s", epoch + 1,
+                         step - start_step, steps_per_epoch, loss.item(), optimizer.param_groups[0]["lr"],
+                         samples * world / (time.perf_counter() - start))
     bar.close()
     elapsed = time.perf_counter() - start
     return {"loss": loss_sum / loss_count if loss_count else math.nan,

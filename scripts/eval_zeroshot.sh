@@ -15,5 +15,5 @@ data_flags "$DATASET"
 
 launch "${NUM_GPUS:-1}" --do_eval True --prompt_mode none "${DATA_FLAGS[@]}" \
   "${LENGTH_FLAGS[@]}" --batch_size_val 16 --precision amp_bf16 \
-  --output_dir "${OUTPUT_DIR:-outputs}" --run_name "${RUN_NAME:-${DATASET}_zeroshot$(tempme_tag)}" \
+  --output_dir "${OUTPUT_DIR:-outputs}" --run_name "${RUN_NAME:-${DATASET}_zeroshot$(tempme_tag)}" --resume auto \
   "${TEMPME_FLAGS[@]}" "$@"

@@ -32,7 +32,8 @@ Writes a JSON file and a PNG chart drawn with PIL.
 
 Each run lives in `<out_dir>/runs/<condition>/<config>_s<seed>/`; a run whose folder already
 holds a test result for the same arguments on the same synthetic clips (generator version
-included) is reused, so an interrupted study continues where it stopped.
+included) is reused (any other run folder is started over), so an interrupted study continues
+where it stopped.
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ import os
 import platform
 import random
 import shlex
+import shutil
 import statistics
 import sys
 import time
@@ -223,6 +225,8 @@ def run_one(argv: list[str], threads: int) -> dict[str, Any]:
     test = _finished_test_record(args, dataset_folder)
     reused = test is not None
     if test is None:
+        # A run folder of other arguments or an unfinished run: start it over (main refuses a used folder).
+        shutil.rmtree(os.path.join(args.output_dir, args.run_name), ignore_errors=True)
         test = main.main(argv)["test"]
         with open(os.path.join(args.output_dir, args.run_name, STUDY_RECORD), "w") as f:
             json.dump({"dataset_folder": dataset_folder}, f)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import params
-from dataloaders import build_dataloader, build_dataset, make_loader
+from dataloaders import EpochSampler, build_dataloader, build_dataset, make_loader
 from dataloaders.synthetic import write_mp4
 
 try:
@@ -177,7 +177,9 @@ def test_missing_annotation_file_names_file_and_layout(tmp_path, dataset, missin
         (data / "MSRVTT_train.9k.csv").write_text("video_id\nvideo0\n")
     with pytest.raises(FileNotFoundError) as error:
         build_dataset(get_args(dataset, data, videos), "train", tokenize)
-    assert missing_name in str(error.value) and "Expected layout" in str(error.value)
+    message = str(error.value)
+    assert str(data / missing_name) in message and "\n" not in message
+    assert f"python -m dataloaders.check --dataset {dataset} --layout" in message
 
 
 @pytest.fixture
@@ -245,3 +247,35 @@ def test_uniform_train_frame_sampling_uses_segment_centres(msrvtt):
         assert ok and torch.equal(frames, centres)
     random = build_dataset(get_args("msrvtt", data, videos), "train", tokenize)
     assert any(not torch.equal(random.load_video(0, train=True)[0], centres) for _ in range(8))
+
+
+def test_train_items_are_a_function_of_seed_epoch_and_index(msrvtt):
+    """(epoch, index) keys, as EpochSampler yields them: the caption drawn for a video and the TSN frame
+    offsets repeat exactly for the same key (in any process or worker) and change with the epoch."""
+    data, videos = msrvtt
+    ramp = np.repeat(np.arange(0, 240, 8, dtype=np.uint8)[:, None, None, None], 32, axis=1)
+    write_mp4(str(videos / "video0.mp4"), np.broadcast_to(ramp, (30, 32, 32, 3)).copy())  # frames differ
+    train = build_dataset(get_args("msrvtt", data, videos), "train", tokenize)
+    first = train[(0, 0)]
+    again = build_dataset(get_args("msrvtt", data, videos), "train", tokenize)[(0, 0)]
+    assert torch.equal(first["video"], again["video"]) and first["caption_index"] == again["caption_index"]
+    epochs = [train[(epoch, 0)] for epoch in range(1, 20)]
+    assert any(not torch.equal(item["video"], first["video"]) for item in epochs)
+    assert {item["caption_index"] for item in epochs + [first]} == {0, 1, 2}
+    other_seed = build_dataset(get_args("msrvtt", data, videos, "--seed", "3"), "train", tokenize)
+    assert any(not torch.equal(other_seed[(e, 0)]["video"], train[(e, 0)]["video"]) for e in range(4))
+
+
+def test_epoch_sampler_gives_one_and_two_processes_the_same_global_batches(msrvtt):
+    data, videos = msrvtt
+    train = build_dataset(get_args("msrvtt", data, videos, "--expand_msrvtt_sentences"), "train", tokenize)
+    whole, halves = EpochSampler(train, 1, 0, seed=5), [EpochSampler(train, 2, rank, seed=5) for rank in (0, 1)]
+    for sampler in (whole, *halves):
+        sampler.set_epoch(3)
+    order = list(whole)
+    assert {epoch for epoch, _ in order} == {3} and sorted(i for _, i in order) == list(range(len(train)))
+    shards = [list(sampler) for sampler in halves]
+    for step in range(len(train) // 2):                         # global batch 2: one item per process
+        assert {shards[0][step], shards[1][step]} == set(order[2 * step:2 * step + 2])
+    whole.set_epoch(4)
+    assert list(whole) != [(4, i) for _, i in order]             # another epoch, another order

@@ -178,7 +178,7 @@ def test_clip_weights_path_and_resume_resolution(tmp_path):
 
 # ---------------------------------------------------------------- full runs of main([...])
 
-def _run_flags(out_dir: Path, synthetic_dir: Path, run_name: str, *extra: str) -> list[str]:
+def _tiny_flags(synthetic_dir: Path) -> list[str]:
     """A tiny STOP run on the synthetic set: 4 train videos x 2 captions, 6 val/test videos,
     4 frames of 64 px (a 4-frame video, so frame sampling is deterministic), tiny random CLIP.
     STOP's 3-D convolution prompts (spatial, temporal) are off: on CPU they cost 10x the rest of
@@ -191,8 +191,12 @@ def _run_flags(out_dir: Path, synthetic_dir: Path, run_name: str, *extra: str) -
             "--num_text_prompts", "2", "--spatial_prompt", "False", "--temporal_prompt", "False",
             "--adapter_dim", "8",
             "--batch_size", "8", "--batch_size_val", "4", "--epochs", "2", "--num_workers", "0",
-            "--lr", "1e-3", "--coef_lr", "1.0", "--warmup_proportion", "0.25", "--no_progress",
-            "--output_dir", str(out_dir), "--run_name", run_name, "--device", "cpu", *extra]
+            "--lr", "1e-3", "--coef_lr", "1.0", "--warmup_proportion", "0.25", "--no_progress", "--device", "cpu"]
+
+
+def _run_flags(out_dir: Path, synthetic_dir: Path, run_name: str, *extra: str) -> list[str]:
+    """`_tiny_flags` into the run folder `out_dir/run_name`, then `extra` (later flags win)."""
+    return [*_tiny_flags(synthetic_dir), "--output_dir", str(out_dir), "--run_name", run_name, *extra]
 
 
 def _flat(record: dict, prefix: str = "") -> dict:
@@ -238,6 +242,7 @@ def test_single_process_run_writes_the_run_folder(single_run):
     assert args["batch_size"] == 8 and args["run_name"] == "single"
     log_text = (run_dir / "log.txt").read_text()
     assert "TempMe Configuration: enabled=False" in log_text and "data synthetic train: 8 items" in log_text
+    assert "model selection (best epoch): the dataset's own val split" in log_text
     assert "R@1" in log_text and "test (synthetic)" in log_text
 
 
@@ -281,7 +286,8 @@ def test_torchrun_two_processes_take_the_same_steps(single_run, synthetic_dir, t
     assert len(torch.load(tmp_path / "ddp" / "latest.pt", weights_only=True)["rng"]) == 2
 
 
-def test_killed_run_resumed_with_auto_ends_like_an_uninterrupted_one(synthetic_dir, tmp_path, monkeypatch):
+def test_killed_run_resumed_with_auto_ends_like_an_uninterrupted_one(synthetic_dir, tmp_path, monkeypatch,
+                                                                   capsys):
     """Batches of 4 (2 steps per epoch, order from the restored RNG) with TempMe on: kill right after
     epoch 1's checkpoint, relaunch with --resume auto, compare with a run never interrupted."""
     import main
@@ -297,8 +303,10 @@ def test_killed_run_resumed_with_auto_ends_like_an_uninterrupted_one(synthetic_d
             raise KeyboardInterrupt("simulated kill after the first epoch's checkpoint")
 
     monkeypatch.setattr(checkpoint, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as stop:
         main.main(_run_flags(tmp_path, synthetic_dir, "killed", *extra))
+    assert stop.value.code == 130
+    assert capsys.readouterr().err.splitlines()[-1] == "interrupted at epoch 1 step 2; continue with --resume auto"
     monkeypatch.setattr(checkpoint, "save_checkpoint", real_save)
     assert len(_records(tmp_path / "killed")) == 1
     resumed = main.main(_run_flags(tmp_path, synthetic_dir, "killed", *extra))
@@ -310,6 +318,36 @@ def test_killed_run_resumed_with_auto_ends_like_an_uninterrupted_one(synthetic_d
         assert _flat({key: killed[1][key]}) == pytest.approx(_flat({key: whole[1][key]})), key
     assert _flat(killed[2]["metrics"]) == pytest.approx(_flat(whole[2]["metrics"]))
     assert "resumed from" in (tmp_path / "killed" / "log.txt").read_text()
+
+
+@pytest.mark.slow
+def test_killed_run_with_workers_and_tsn_resumes_like_an_uninterrupted_one(synthetic_dir, tmp_path, monkeypatch):
+    """2 persistent DataLoader workers, TSN sampling of 4 of 8 frames, one random caption per video:
+    the frame offsets and captions of an item depend on (seed, epoch, index) only, so the run
+    resumed after a kill at the end of epoch 1 ends like the uninterrupted one."""
+    import main
+    extra = ("--synthetic_num_frames", "8", "--num_workers", "2", "--train_frame_sampling", "random",
+             "--expand_msrvtt_sentences", "False", "--batch_size", "2", "--resume", "auto")
+    main.main(_run_flags(tmp_path, synthetic_dir, "whole", *extra))
+
+    real_save = checkpoint.save_checkpoint
+
+    def save_then_die(payload, path):
+        real_save(payload, path)
+        if path.endswith(checkpoint.LATEST):
+            raise KeyboardInterrupt("simulated kill after the first epoch's checkpoint")
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save_then_die)
+    with pytest.raises(SystemExit):
+        main.main(_run_flags(tmp_path, synthetic_dir, "killed", *extra))
+    monkeypatch.setattr(checkpoint, "save_checkpoint", real_save)
+    resumed = main.main(_run_flags(tmp_path, synthetic_dir, "killed", *extra))
+    assert [r["epoch"] for r in resumed["epochs"]] == [2]
+    whole, killed = _records(tmp_path / "whole"), _records(tmp_path / "killed")
+    assert [r["split"] for r in killed] == ["val", "val", "test"] and killed[1]["step"] == 4
+    for key in ("train_loss", "metrics"):
+        assert _flat({key: killed[1][key]}) == pytest.approx(_flat({key: whole[1][key]}), rel=1e-5), key
+    assert _flat(killed[2]["metrics"]) == pytest.approx(_flat(whole[2]["metrics"]), rel=1e-5)
 
 
 def test_eval_only_with_init_model_reproduces_the_test_metrics(single_run, synthetic_dir, tmp_path):
@@ -366,12 +404,14 @@ def test_checkpoint_trained_at_4_frames_evaluates_and_fine_tunes_at_other_frame_
     assert table.shape[0] == 2 + 2 * rows                     # 2 text prompts + 2 local prompts per frame
 
 
-def test_resume_never_resamples_the_prompt_table(single_run, synthetic_dir, tmp_path):
+def test_resume_never_resamples_the_prompt_table(single_run, synthetic_dir, tmp_path, capsys):
     import main
     run_dir, _ = single_run
-    with pytest.raises(RuntimeError, match="size mismatch"):
+    with pytest.raises(SystemExit) as stop:
         main.main(_run_flags(tmp_path, synthetic_dir, "resume8", "--resume", str(run_dir / "latest.pt"),
                              "--epochs", "3", "--max_frames", "8"))
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "--resume" in err and "other shapes" in err and "args.json" in err
 
 
 def test_resume_auto_needs_a_run_name():

@@ -1,6 +1,7 @@
 """Retrieval metrics against hand-computed cases and a brute-force loop."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -22,6 +23,15 @@ def test_hand_computed_one_caption_per_video():
     _close(out["t2v"], {"R1": 100 / 3, "R5": 100.0, "R10": 100.0, "MdR": 2.0, "MnR": 2.0})
     # v2t ranks per column: 1, 1, 3.
     _close(out["v2t"], {"R1": 200 / 3, "R5": 100.0, "MdR": 1.0, "MnR": 5 / 3})
+
+
+def test_numpy_inputs_and_the_square_default_as_in_clip4clip():
+    """CLIP4Clip calls compute_metrics(sim_matrix) with a numpy array, caption i belonging to video i."""
+    sim = np.array([[0.9, 0.1, 0.3], [0.5, 0.4, 0.6], [0.2, 0.2, 0.2]])
+    want = compute_metrics(torch.tensor(sim), torch.tensor([0, 1, 2]))
+    assert compute_metrics(sim, np.array([0, 1, 2])) == want and compute_metrics(sim) == want
+    with pytest.raises(ValueError, match="must be square"):
+        compute_metrics(np.zeros((2, 3)))
 
 
 def test_constant_scores_never_give_perfect_recall():

@@ -50,10 +50,11 @@ def test_script_flags_parse(name, tempme, fake_torchrun):
     assert args.use_tempme == (tempme != "none")
     if tempme != "none":
         assert args.tempme_type == tempme
+    assert args.resume == "auto"    # re-running a script continues its run folder instead of being refused
     if name == "eval_zeroshot":
         assert args.do_eval and not args.do_train and args.prompt_mode == "none"
     else:
-        assert args.do_train and args.do_eval and args.dataset == name and args.resume == "auto"
+        assert args.do_train and args.do_eval and args.dataset == name
     nproc = int(launcher[launcher.index("--nproc_per_node") + 1])
     assert args.batch_size % nproc == 0
 

@@ -286,6 +286,24 @@ def test_torchrun_two_processes_take_the_same_steps(single_run, synthetic_dir, t
     assert len(torch.load(tmp_path / "ddp" / "latest.pt", weights_only=True)["rng"]) == 2
 
 
+def _killed_after_first_epoch(monkeypatch, flags: list[str]) -> int:
+    """Run main(flags) with a KeyboardInterrupt right after the first epoch's latest.pt is saved
+    (a kill at that moment); returns the exit code."""
+    import main
+    real_save = checkpoint.save_checkpoint
+
+    def save_then_die(payload, path):
+        real_save(payload, path)
+        if path.endswith(checkpoint.LATEST):
+            raise KeyboardInterrupt("simulated kill after the first epoch's checkpoint")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoint, "save_checkpoint", save_then_die)
+        with pytest.raises(SystemExit) as stop:
+            main.main(flags)
+    return stop.value.code
+
+
 def test_killed_run_resumed_with_auto_ends_like_an_uninterrupted_one(synthetic_dir, tmp_path, monkeypatch,
                                                                    capsys):
     """Batches of 4 (2 steps per epoch, order from the restored RNG) with TempMe on: kill right after
@@ -295,19 +313,8 @@ def test_killed_run_resumed_with_auto_ends_like_an_uninterrupted_one(synthetic_d
              "--tempme_hidden_dim", "16", "--resume", "auto")
     main.main(_run_flags(tmp_path, synthetic_dir, "whole", *extra))
 
-    real_save = checkpoint.save_checkpoint
-
-    def save_then_die(payload, path):
-        real_save(payload, path)
-        if path.endswith(checkpoint.LATEST):
-            raise KeyboardInterrupt("simulated kill after the first epoch's checkpoint")
-
-    monkeypatch.setattr(checkpoint, "save_checkpoint", save_then_die)
-    with pytest.raises(SystemExit) as stop:
-        main.main(_run_flags(tmp_path, synthetic_dir, "killed", *extra))
-    assert stop.value.code == 130
+    assert _killed_after_first_epoch(monkeypatch, _run_flags(tmp_path, synthetic_dir, "killed", *extra)) == 130
     assert capsys.readouterr().err.splitlines()[-1] == "interrupted at epoch 1 step 2; continue with --resume auto"
-    monkeypatch.setattr(checkpoint, "save_checkpoint", real_save)
     assert len(_records(tmp_path / "killed")) == 1
     resumed = main.main(_run_flags(tmp_path, synthetic_dir, "killed", *extra))
     assert [r["epoch"] for r in resumed["epochs"]] == [2]
@@ -330,17 +337,7 @@ def test_killed_run_with_workers_and_tsn_resumes_like_an_uninterrupted_one(synth
              "--expand_msrvtt_sentences", "False", "--batch_size", "2", "--resume", "auto")
     main.main(_run_flags(tmp_path, synthetic_dir, "whole", *extra))
 
-    real_save = checkpoint.save_checkpoint
-
-    def save_then_die(payload, path):
-        real_save(payload, path)
-        if path.endswith(checkpoint.LATEST):
-            raise KeyboardInterrupt("simulated kill after the first epoch's checkpoint")
-
-    monkeypatch.setattr(checkpoint, "save_checkpoint", save_then_die)
-    with pytest.raises(SystemExit):
-        main.main(_run_flags(tmp_path, synthetic_dir, "killed", *extra))
-    monkeypatch.setattr(checkpoint, "save_checkpoint", real_save)
+    _killed_after_first_epoch(monkeypatch, _run_flags(tmp_path, synthetic_dir, "killed", *extra))
     resumed = main.main(_run_flags(tmp_path, synthetic_dir, "killed", *extra))
     assert [r["epoch"] for r in resumed["epochs"]] == [2]
     whole, killed = _records(tmp_path / "whole"), _records(tmp_path / "killed")

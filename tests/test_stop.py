@@ -124,6 +124,30 @@ def test_spatial_prompt_pools_real_patches():
     torch.testing.assert_close(sp.patch_scores(x), per_patch, atol=1e-5, rtol=1e-5)
 
 
+def test_spatial_mask_is_spread_onto_the_selected_patch_pixels(monkeypatch):
+    # Defect (a), second half: the reference spread the top-k mask back onto its stride-7 pixel
+    # lattice; the doubled prompt must cover exactly the selected patch's p x p pixels.
+    import modules.stop as stop
+    sp = _spatial(topk=1).eval()
+    with torch.no_grad():
+        sp.scorer.weight.zero_()
+        sp.scorer.weight[0, 0, 2, 5, 5] = 1.0
+        sp.scorer.bias.zero_()
+    video = torch.zeros(1, 2, 3, 32, 32)
+    video[:, :, 0, 8:16, 16:24] = 1.0            # patch (row 1, col 2) is selected
+    with torch.no_grad():
+        prompted, _ = sp(video, torch.ones(1, 2))
+        monkeypatch.setattr(stop, "straight_through_topk", lambda scores, k: torch.zeros_like(scores))
+        unmasked, _ = sp(video, torch.ones(1, 2))   # x + s * P
+    prompt, extra = unmasked - video, prompted - unmasked    # s * P and s * P * M
+    defined = prompt.abs() > 1e-6
+    mask = torch.zeros_like(prompt)
+    mask[..., 8:16, 16:24] = 1.0
+    torch.testing.assert_close((extra / prompt.where(defined, torch.ones_like(prompt)))[defined], mask[defined],
+                               atol=1e-4, rtol=1e-4)
+    assert defined[..., 8:16, 16:24].float().mean() > 0.9
+
+
 def test_spatial_scorer_receives_gradient():
     # Defect (b): a hard threshold gave the scorer no gradient.
     sp = _spatial()

@@ -1,7 +1,7 @@
 """CLIP4Clip: the text and video towers of CLIP with STOP prompts and optional TempMe (DESIGN 4, 5).
 
     video uint8 [B,T_in,3,H,W] --normalise--> tempme_compressor (optional) --> [B,T,3,H,W] + mask [B,T]
-        --> STOP prompts (optional) --> CLIP ViT --> video embedding [B,D]
+        --> STOP prompts (optional) --> CLIP ViT (token merging optional) --> video embedding [B,D]
     input_ids [B,L] --> CLIP text transformer (with deep text prompts) --> text embedding [B,D]
 
 The model takes built parts (`modules.factory.build_model` builds them from the flags) and
@@ -20,6 +20,7 @@ from torch import nn
 from dataloaders.video_reader import normalize_video
 from modules.clip import CLIP
 from modules.stop import StopPrompts
+from modules.token_merge import TokenMerger, merged_visual_forward
 
 MAX_LOGIT_SCALE = math.log(100.0)
 VIDEO_OUTPUTS = ("global_prompt0", "mean_cls")
@@ -48,10 +49,13 @@ class CLIP4Clip(nn.Module):
         train_clip: fine-tune CLIP itself.
         frame_teacher: in training, `forward` also returns plain-CLIP embeddings of every input
             frame, the teacher of the auxiliary frame-selection loss (`modules.loss`).
+        token_merger: token merging inside the ViT (`modules.token_merge`), or None. Its
+            parameters (`clip` mode's temporal embeddings) train with the prompts.
     """
 
     def __init__(self, clip: CLIP, prompts: StopPrompts | None = None, tempme_compressor: nn.Module | None = None,
-                 video_output: str = "global_prompt0", train_clip: bool = False, frame_teacher: bool = False) -> None:
+                 video_output: str = "global_prompt0", train_clip: bool = False, frame_teacher: bool = False,
+                 token_merger: TokenMerger | None = None) -> None:
         super().__init__()
         if video_output not in VIDEO_OUTPUTS:
             raise ValueError(f"--video_output must be one of {', '.join(VIDEO_OUTPUTS)}, got {video_output!r}")
@@ -63,6 +67,7 @@ class CLIP4Clip(nn.Module):
         self.video_output = video_output
         self.train_clip = train_clip
         self.frame_teacher = frame_teacher
+        self.token_merger = token_merger
         for name, param in clip.named_parameters():  # adapters (STOP's, inside CLIP's blocks) always train
             param.requires_grad_(train_clip or ".adapter." in name)
         self.clip.logit_scale.requires_grad_(False)  # DESIGN 4.9: temperature stays CLIP's
@@ -112,10 +117,14 @@ class CLIP4Clip(nn.Module):
         visual = self.clip.visual
         if self.prompts is None:
             b, t = video_mask.shape
-            frame_emb = visual(video.flatten(0, 1)).view(b, t, -1)
+            if self.token_merger is None:
+                frame_emb = visual(video.flatten(0, 1)).view(b, t, -1)
+            else:
+                frame_emb = visual.head(merged_visual_forward(visual, video, video_mask, self.token_merger))
             return masked_mean_of_normalized(frame_emb, video_mask), video_mask, info
         glob, cls = self.prompts.encode_video(visual, video, video_mask,
-                                              None if info is None else info["indices"], input_frames)
+                                              None if info is None else info["indices"], input_frames,
+                                              self.token_merger)
         if self.video_output == "global_prompt0":
             return visual.head(glob[:, 0]), video_mask, info
         return masked_mean_of_normalized(visual.head(cls), video_mask), video_mask, info

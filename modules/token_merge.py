@@ -168,6 +168,8 @@ class Units:
 def _group_tensor(t: torch.Tensor, group: int, head: int) -> torch.Tensor:
     """`[B, U, S, ...]` -> `[B, ceil(U/g), g*S, ...]`: units padded with zeros/False to a multiple
     of `group`, then each new unit is [heads of its g units, patches of its g units] in order."""
+    if group == 1:
+        return t
     b, u, s = t.shape[:3]
     extra = (-u) % group
     if extra:
@@ -267,6 +269,18 @@ def unit_attention_bias(units: Units, prefix: int, dtype: torch.dtype) -> torch.
     return bias.to(dtype)
 
 
+def _blocks(indices: list[int]) -> str:
+    return f"block {indices[0]}" if len(indices) == 1 else f"blocks {indices[0]}-{indices[-1]}"
+
+
+def unit_attention(units: Units) -> AttentionCore:
+    """Attention inside each unit of `[B*U, heads, S, hd]` sequences with `unit_attention_bias`
+    (exactly `Attention`'s own SDPA call while no token is weighted)."""
+    def core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=unit_attention_bias(units, 0, q.dtype))
+    return core
+
+
 # --------------------------------------------------------------------------------------------
 # The module and its per-block driver
 # --------------------------------------------------------------------------------------------
@@ -297,21 +311,22 @@ class TokenMerger(nn.Module):
         return {f"temporal_embeddings.{i}" for i in range(len(self.temporal_embeddings))}
 
     def describe(self) -> str:
-        """One start-up line: the schedule in blocks and tokens per frame."""
-        per_frame = [i for i, layer in enumerate(self.plan) if layer.group == 1 and layer.after
-                     and layer.after.tokens]
+        """One start-up line: what happens in which blocks."""
         parts = [f"mode={self.mode} r={self.r}"]
+        per_frame = [i for i, layer in enumerate(self.plan) if layer.after and layer.after.tokens]
         if per_frame:
             r = self.plan[per_frame[0]].after.tokens
-            left = self.num_patches + 1 - r * len(per_frame)
-            parts.append(f"blocks 0-{per_frame[-1]} merge {r} tokens per frame after attention "
-                         f"({self.num_patches + 1} -> {left} per frame)")
-        cross = [i for i, layer in enumerate(self.plan) if layer.group > 1]
+            parts.append(f"{_blocks(per_frame)} merge {r} tokens per frame after attention "
+                         f"({self.num_patches + 1} -> {self.num_patches + 1 - r * len(per_frame)} per frame)")
+        cross = [i for i, layer in enumerate(self.plan) if layer.embedding is not None]
         if cross:
             groups = ", ".join(str(self.plan[i].group) for i in cross)
-            parts.append(f"blocks {cross[0]}-{cross[-1]} group {groups} frames, merge {CROSS_SHARE:.0%} before / "
-                         f"{INTRA_SHARE:.0%} after attention, then {INTRA_SHARE:.0%} after attention; "
-                         f"temporal embeddings {sum(p.numel() for p in self.temporal_embeddings):,} parameters")
+            parts.append(f"{_blocks(cross)} group {groups} neighbouring units, merge "
+                         f"{CROSS_SHARE:.0%} before and {INTRA_SHARE:.0%} after attention; temporal embeddings "
+                         f"{sum(p.numel() for p in self.temporal_embeddings):,} parameters")
+        intra = [i for i, layer in enumerate(self.plan) if i > (cross or [len(self.plan)])[-1] and layer.after]
+        if intra:
+            parts.append(f"{_blocks(intra)} merge {INTRA_SHARE:.0%} after attention")
         return " | ".join(parts)
 
     def begin(self, tokens: torch.Tensor, video_mask: torch.Tensor, head_per_frame: int) -> Units:
@@ -326,9 +341,12 @@ class TokenMerger(nn.Module):
         layer = self.plan[index]
         if layer.embedding is None:
             return units
+        # Fewer units than the group size: one group of them all (the empty units that would
+        # complete it change nothing for real tokens, they only cost time).
+        group = min(layer.group, units.x.shape[1])
         embedding = self.temporal_embeddings[layer.embedding][:units.x.shape[1]]
-        grouped = group_units(units, layer.group)
-        shifted = _group_tensor((units.x + embedding.to(units.x.dtype)[None, :, None]), layer.group, units.head)
+        grouped = group_units(units, group)
+        shifted = _group_tensor(units.x + embedding.to(units.x.dtype)[None, :, None], group, units.head)
         return merge_patches(replace(grouped, x=shifted), grouped.x.detach(), layer.before)
 
     def block_step(self, index: int, units: Units, prefix: int | None) -> "BlockStep":
@@ -387,10 +405,6 @@ def merged_visual_forward(visual: VisionTransformer, images: torch.Tensor, video
     for i, block in enumerate(visual.transformer.resblocks):
         units = merger.before_block(i, units)
         step = merger.block_step(i, units, prefix=None)
-        bias = unit_attention_bias(units, 0, units.x.dtype)
-
-        def core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias=bias) -> torch.Tensor:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=None if bias is None else bias.to(q.dtype))
-        units = step.finish(block(units.x.flatten(0, 1), attention_core=step.wrap(core),
+        units = step.finish(block(units.x.flatten(0, 1), attention_core=step.wrap(unit_attention(units)),
                                   after_attention=step.after_attention))
     return units.frame_heads()[:, :t, 0]

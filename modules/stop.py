@@ -302,7 +302,7 @@ def prompted_visual_forward(visual: VisionTransformer, frames: torch.Tensor, vid
     `clip` mode, travel with it into its group's head.
     Returns (global tokens `[B, n_g, W]`, frame CLS tokens `[B, T, W]`), before `ln_post`.
     """
-    b, t, _, width = frames.shape
+    t = frames.shape[1]
     n_g, n_l = global_prompts.shape[1], local_prompts.shape[3]
     blocks = visual.transformer.resblocks
     if local_prompts.shape[0] < len(blocks):

@@ -16,6 +16,7 @@ from modules.distributed import launch_rank
 from modules.loss import TEACHERS
 from modules.stop import PROMPT_GENERATORS
 from modules.tempme import TEMPME_TYPES, TempMeConfig
+from modules.token_merge import TOKEN_MERGE_MODES
 
 CLIP_ARCHS = tuple(CLIP_CONFIGS)
 
@@ -212,6 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
                              "the teacher (no gradient); the teacher's cost is this share of a pass over every "
                              "input frame")
 
+    merge = parser.add_argument_group("token merging inside the ViT (docs/token_merge.md)")
+    merge.add_argument("--token_merge", choices=TOKEN_MERGE_MODES, default="none",
+                       help="frame: merge similar patch tokens inside each frame in the first 2/3 of the ViT's "
+                            "blocks; clip: frame, then merge across groups of neighbouring frames (the "
+                            "published TempMe schedule, with learned temporal embeddings)")
+    merge.add_argument("--token_merge_r", type=int, default=2,
+                       help="tokens merged per block and frame in the frame phase at ViT-B/32's geometry "
+                            "(49 patches, 8 blocks); other ViTs merge the same share: round(r*P/49*8/blocks)")
+
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=int, default=5, help="training epochs")
     optim.add_argument("--batch_size", type=int, default=32, help="global training batch size")
@@ -235,6 +245,8 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
     for name in positive:
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.token_merge_r < 0:
+        parser.error(f"--token_merge_r must be >= 0 (0: no per-frame merging), got {args.token_merge_r}")
     for name in ("num_workers", "val_holdout", "synthetic_distractor_frames"):
         if getattr(args, name) < 0:
             parser.error(f"--{name} must be >= 0, got {getattr(args, name)}")

@@ -93,7 +93,9 @@ class ResidualAttentionBlock(nn.Module):
     """Pre-norm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)) [+ adapter(x)].
 
     `adapter` is None for plain CLIP; STOP assigns a bottleneck module (which applies its own
-    scale) that runs in parallel to the MLP on the block's residual stream.
+    scale) that runs in parallel to the MLP on the block's residual stream. `after_attention`,
+    when given, maps the residual stream between attention and MLP to a new (possibly
+    shorter) one: token merging (`modules.token_merge`) runs there, so the MLP sees fewer tokens.
     """
 
     def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0) -> None:
@@ -110,8 +112,11 @@ class ResidualAttentionBlock(nn.Module):
         self.adapter: nn.Module | None = None
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                attention_core: AttentionCore | None = None) -> torch.Tensor:
+                attention_core: AttentionCore | None = None,
+                after_attention: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), attn_mask=attn_mask, attention_core=attention_core)
+        if after_attention is not None:
+            x = after_attention(x)
         out = x + self.mlp(self.ln_2(x))
         if self.adapter is not None:
             out = out + self.adapter(x)

@@ -1,7 +1,7 @@
 """CLIP4Clip: the text and video towers of CLIP with STOP prompts and optional TempMe (DESIGN 4, 5).
 
     video uint8 [B,T_in,3,H,W] --normalise--> tempme_compressor (optional) --> [B,T,3,H,W] + mask [B,T]
-        --> STOP prompts (optional) --> CLIP ViT --> video embedding [B,D]
+        --> STOP prompts (optional) --> CLIP ViT (token merging optional) --> video embedding [B,D]
     input_ids [B,L] --> CLIP text transformer (with deep text prompts) --> text embedding [B,D]
 
 The model takes built parts (`modules.factory.build_model` builds them from the flags) and
@@ -20,6 +20,7 @@ from torch import nn
 from dataloaders.video_reader import normalize_video
 from modules.clip import CLIP
 from modules.stop import StopPrompts
+from modules.token_merge import TokenMerger, merged_visual_forward
 
 MAX_LOGIT_SCALE = math.log(100.0)
 VIDEO_OUTPUTS = ("global_prompt0", "mean_cls")
@@ -50,10 +51,13 @@ class CLIP4Clip(nn.Module):
             for which `forward` also embeds every input frame (`frame_embeddings`), the teacher
             of the auxiliary frame-selection loss (`modules.loss`); 0 = never. A share, not every
             video, because those frames are what TempMe saves CLIP from.
+        token_merger: token merging inside the ViT (`modules.token_merge`), or None. Its
+            parameters (`clip` mode's temporal embeddings) train with the prompts.
     """
 
     def __init__(self, clip: CLIP, prompts: StopPrompts | None = None, tempme_compressor: nn.Module | None = None,
-                 video_output: str = "global_prompt0", train_clip: bool = False, teacher_share: float = 0.0) -> None:
+                 video_output: str = "global_prompt0", train_clip: bool = False, teacher_share: float = 0.0,
+                 token_merger: TokenMerger | None = None) -> None:
         super().__init__()
         if video_output not in VIDEO_OUTPUTS:
             raise ValueError(f"--video_output must be one of {', '.join(VIDEO_OUTPUTS)}, got {video_output!r}")
@@ -67,6 +71,7 @@ class CLIP4Clip(nn.Module):
         self.video_output = video_output
         self.train_clip = train_clip
         self.teacher_share = teacher_share
+        self.token_merger = token_merger
         for name, param in clip.named_parameters():  # adapters (STOP's, inside CLIP's blocks) always train
             param.requires_grad_(train_clip or ".adapter." in name)
         self.clip.logit_scale.requires_grad_(False)  # DESIGN 4.9: temperature stays CLIP's
@@ -125,9 +130,13 @@ class CLIP4Clip(nn.Module):
         visual = self.clip.visual
         if self.prompts is None:
             b, t = video_mask.shape
-            frame_emb = visual(video.flatten(0, 1)).view(b, t, -1)
+            if self.token_merger is None:
+                frame_emb = visual(video.flatten(0, 1)).view(b, t, -1)
+            else:
+                frame_emb = visual.head(merged_visual_forward(visual, video, video_mask, self.token_merger))
             return masked_mean_of_normalized(frame_emb, video_mask)
-        glob, cls = self.prompts.encode_video(visual, video, video_mask, source_indices, input_frames)
+        glob, cls = self.prompts.encode_video(visual, video, video_mask, source_indices, input_frames,
+                                              self.token_merger)
         if self.video_output == "global_prompt0":
             return visual.head(glob[:, 0])
         return masked_mean_of_normalized(visual.head(cls), video_mask)

@@ -22,8 +22,10 @@ from modules.loss import RetrievalLoss
 from modules.optim import trainable_names
 from modules.stop import REFERENCE_RESOLUTION, StopConfig, StopPrompts, add_adapters
 from modules.tempme import TempMeConfig, get_tempme_model
+from modules.token_merge import TokenMergeConfig, TokenMerger
 
-__all__ = ["build_model", "build_loss", "build_trained_model", "stop_config", "tempme_config", "StopConfig", "TempMeConfig"]
+__all__ = ["build_model", "build_loss", "build_trained_model", "stop_config", "tempme_config", "token_merge_config",
+           "StopConfig", "TempMeConfig", "TokenMergeConfig"]
 
 
 def tempme_config(args: Any) -> TempMeConfig:
@@ -39,11 +41,19 @@ def stop_config(args: Any, prompt_frames: int) -> StopConfig:
                       **derived)
 
 
+def token_merge_config(args: Any) -> TokenMergeConfig:
+    """`--token_merge` / `--token_merge_r` as a `TokenMergeConfig` sized for the most frames that
+    can reach CLIP (`--max_frames`, or the compressor's most output frames)."""
+    return TokenMergeConfig(mode=args.token_merge, r=args.token_merge_r,
+                            max_frames=tempme_config(args).num_output_frames)
+
+
 def build_model(clip_state_dict: dict[str, torch.Tensor], args: Any) -> CLIP4Clip:
     """CLIP4Clip over a CLIP holding `clip_state_dict`, with what the flags ask for: STOP's prompts
-    and adapters (`--prompt_mode stop`), a TempMe compressor (`--use_tempme`), the output mode,
-    CLIP fine-tuning, and the share of each batch taught frame by frame for the auxiliary loss
-    (`--tempme_teacher_share`, when `--tempme_aux_weight > 0`).
+    and adapters (`--prompt_mode stop`), a TempMe compressor (`--use_tempme`), token merging
+    inside the ViT (`--token_merge`), the output mode, CLIP fine-tuning, and the share of each
+    batch taught frame by frame for the auxiliary loss (`--tempme_teacher_share`, when
+    `--tempme_aux_weight > 0`).
 
     The per-frame prompt tables get one row per frame that can reach CLIP: `--max_frames`, or
     the compressor's most output frames if larger. Raises ValueError naming the flag for
@@ -60,9 +70,12 @@ def build_model(clip_state_dict: dict[str, torch.Tensor], args: Any) -> CLIP4Cli
         prompts = StopPrompts(config, clip)
         if config.adapter:
             add_adapters(clip, config.adapter_dim, config.adapter_scale)
+    merge = token_merge_config(args)
+    merger = None if merge.mode == "none" else TokenMerger(
+        merge, depth=clip.visual.transformer.layers, num_patches=clip.visual.num_patches, width=clip.visual.width)
     teacher_share = args.tempme_teacher_share if compressor is not None and args.tempme_aux_weight > 0 else 0.0
     return CLIP4Clip(clip, prompts, compressor, video_output=args.video_output, train_clip=args.train_clip,
-                     teacher_share=teacher_share)
+                     teacher_share=teacher_share, token_merger=merger)
 
 
 def build_trained_model(args: Any, checkpoint_path: str | None = None,

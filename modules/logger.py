@@ -220,4 +220,6 @@ def format_startup(args: Namespace, run_dir: str, device: torch.device, precisio
                  f"max words {args.max_words}")
     lines.append(parameter_summary(model))
     lines.append(tempme_configuration(args, model.tempme_compressor))
+    if model.token_merger is not None:
+        lines.append("Token merge: " + model.token_merger.describe())
     return "\n".join(lines)

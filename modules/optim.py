@@ -21,7 +21,8 @@ _NO_DECAY_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d,
 def parameter_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
     """The model's trainable (name, parameter) pairs by optimiser group: "tempme" (the
     compressor, `tempme_compressor.*`), "clip" (CLIP's own weights, with `--train_clip`) and
-    "stop" (prompts, generators, the adapters inside CLIP's blocks). Empty groups are left out."""
+    "stop" (prompts, generators, the adapters inside CLIP's blocks, and the temporal embeddings of
+    `--token_merge clip`). Empty groups are left out."""
     groups: dict[str, list[tuple[str, nn.Parameter]]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:

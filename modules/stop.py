@@ -30,6 +30,7 @@ from torch import nn
 from modules.clip import CLIP, Attention, AttentionCore, QuickGELU, ResidualAttentionBlock, VisionTransformer
 from modules.errors import UserError
 from modules.fft_conv import cached_when_frozen, same_conv3d
+from modules.token_merge import BlockStep, TokenMerger, Units, unit_attention_bias
 
 # Kernel sizes of the reference code's prompt networks (DESIGN 4.3 / 4.4), for 224 px frames.
 SPATIAL_KERNEL = (3, 11, 11)
@@ -286,13 +287,16 @@ def visual_sequence_length(num_frames: int, num_patches: int, num_global: int, n
     return num_global + num_frames * (1 + num_local + num_patches)
 
 
-def block_attention(num_global: int, num_frames: int, video_mask: torch.Tensor) -> AttentionCore:
+def block_attention(num_global: int, num_frames: int, video_mask: torch.Tensor,
+                    units: Units | None = None) -> AttentionCore:
     """The attention of DESIGN 4.5 in the structure it has, for sequences laid out as
     `[n_g global, frame 0 tokens, frame 1 tokens, ...]` (S tokens per frame).
 
     Frame tokens attend to the global prompts and their own frame: one SDPA over B*T short
     sequences (keys n_g + S). Global prompts attend to themselves and the tokens of real
     frames: one SDPA over B sequences with a key mask. q, k, v: `[B, heads, L, hd]`.
+    With token merging, `units` (`num_frames` of them) replaces the frames: keys get log(size)
+    (proportional attention) and a unit's padded tokens are hidden from its real ones.
     """
     def core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         b, heads, length, hd = q.shape
@@ -305,10 +309,15 @@ def block_attention(num_global: int, num_frames: int, video_mask: torch.Tensor) 
             g = x[:, :, :num_global].unsqueeze(1).expand(-1, num_frames, -1, -1, -1).reshape(-1, heads, num_global, hd)
             return torch.cat([g, frames(x)], dim=2)
 
-        out_frames = F.scaled_dot_product_attention(frames(q), with_global(k), with_global(v))
+        frame_bias = None if units is None else unit_attention_bias(units, num_global, q.dtype)
+        out_frames = F.scaled_dot_product_attention(frames(q), with_global(k), with_global(v), attn_mask=frame_bias)
         out_frames = out_frames.view(b, num_frames, heads, s, hd).transpose(1, 2).reshape(b, heads, -1, hd)
-        real = (video_mask > 0).repeat_interleave(s, dim=1)
-        keys = torch.cat([real.new_ones(b, num_global), real], dim=1).view(b, 1, 1, length)
+        real = (video_mask > 0).repeat_interleave(s, dim=1) if units is None else units.real.flatten(1)
+        if units is not None and units.weighted:
+            weights = units.size.flatten(1).log().masked_fill(~real, -math.inf)
+            keys = torch.cat([weights.new_zeros(b, num_global), weights], dim=1).view(b, 1, 1, length).to(q.dtype)
+        else:
+            keys = torch.cat([real.new_ones(b, num_global), real], dim=1).view(b, 1, 1, length)
         out_global = F.scaled_dot_product_attention(q[:, :, :num_global], k, v, attn_mask=keys)
         return torch.cat([out_global, out_frames], dim=2)
 
@@ -316,27 +325,39 @@ def block_attention(num_global: int, num_frames: int, video_mask: torch.Tensor) 
 
 
 def prompted_visual_forward(visual: VisionTransformer, frames: torch.Tensor, video_mask: torch.Tensor,
-                            global_prompts: torch.Tensor, local_prompts: torch.Tensor
-                            ) -> tuple[torch.Tensor, torch.Tensor]:
+                            global_prompts: torch.Tensor, local_prompts: torch.Tensor,
+                            merger: TokenMerger | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Run CLIP's ViT blocks over the STOP token sequence.
 
     frames `[B, T, 1+P, W]` (CLS + patches after `ln_pre`), video_mask `[B, T]`,
     global_prompts `[B, n_g, W]` (shallow), local_prompts `[Lyr, B, T, n_l, W]` (deep: layer i
-    replaces the local prompt tokens before block i).
+    replaces the local prompt tokens before block i). `merger` merges patch tokens between
+    blocks (`modules.token_merge`); a frame's CLS and local prompts are never merged and, in
+    `clip` mode, travel with it into its group's head.
     Returns (global tokens `[B, n_g, W]`, frame CLS tokens `[B, T, W]`), before `ln_post`.
     """
-    b, t, _, width = frames.shape
+    t = frames.shape[1]
     n_g, n_l = global_prompts.shape[1], local_prompts.shape[3]
     blocks = visual.transformer.resblocks
     if local_prompts.shape[0] < len(blocks):
         raise ValueError(f"{local_prompts.shape[0]} prompt layers for {len(blocks)} ViT blocks")
-    core = block_attention(n_g, t, video_mask)
-    glob, tokens = global_prompts, frames
+    tokens = torch.cat([frames[:, :, :1], local_prompts[0], frames[:, :, 1:]], dim=2)
+    units = Units.from_frames(tokens, video_mask, head_per_frame=1 + n_l) if merger is None else \
+        merger.begin(tokens, video_mask, head_per_frame=1 + n_l)
+    glob = global_prompts
     for i, block in enumerate(blocks):
-        tokens = torch.cat([tokens[:, :, :1], local_prompts[i], tokens[:, :, 1 + n_l * (i > 0):]], dim=2)
-        x = block(torch.cat([glob, tokens.flatten(1, 2)], dim=1), attention_core=core)
-        glob, tokens = x[:, :n_g], x[:, n_g:].view(b, t, -1, width)
-    return glob, tokens[:, :, 0]
+        if i:
+            heads = units.frame_heads()                                   # [B, U*F, 1+n_l, W]
+            prompts = F.pad(local_prompts[i], (0, 0, 0, 0, 0, heads.shape[1] - t))  # empty frame slots
+            units = units.with_frame_heads(torch.cat([heads[:, :, :1], prompts], dim=2))
+        if merger is not None:
+            units = merger.before_block(i, units)
+        step = BlockStep(None, units, n_g) if merger is None else merger.block_step(i, units, n_g)
+        core = block_attention(n_g, units.x.shape[1], video_mask, units)
+        x = block(torch.cat([glob, units.x.flatten(1, 2)], dim=1), attention_core=step.wrap(core),
+                  after_attention=step.after_attention)
+        glob, units = x[:, :n_g], step.finish(x)
+    return glob, units.frame_heads()[:, :t, 0]
 
 
 def text_positions(input_ids: torch.Tensor, num_prompts: int, postfix_before_eot: bool) -> torch.Tensor:
@@ -486,12 +507,13 @@ class StopPrompts(nn.Module):
         return prompted_text_forward(clip, input_ids, text_prompts, self.postfix_before_eot)
 
     def encode_video(self, visual: VisionTransformer, video: torch.Tensor, video_mask: torch.Tensor,
-                     source_indices: torch.Tensor | None, input_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+                     source_indices: torch.Tensor | None, input_frames: int,
+                     merger: TokenMerger | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompted ViT over normalised frames `video [B, T, 3, H, W]`, `video_mask [B, T]`.
 
         `source_indices [B, T]` (TempMe's `info["indices"]` into `input_frames` frames, or None)
-        choose each frame's prompt row (`prompt_rows`). Returns (global prompt tokens
-        `[B, n_g, W]`, frame CLS tokens `[B, T, W]`), before `ln_post`.
+        choose each frame's prompt row (`prompt_rows`); `merger` merges tokens inside the ViT.
+        Returns (global prompt tokens `[B, n_g, W]`, frame CLS tokens `[B, T, W]`), before `ln_post`.
         """
         b, t = video_mask.shape
         patch_mask = None
@@ -506,4 +528,5 @@ class StopPrompts(nn.Module):
         local = local.expand(-1, b, -1, -1, -1)
         if self.temporal_prompt is not None:
             local = local + self.temporal_prompt(frames[:, :, 1:], video_mask, patch_mask)
-        return prompted_visual_forward(visual, frames, video_mask, self.global_prompts.expand(b, -1, -1), local)
+        return prompted_visual_forward(visual, frames, video_mask, self.global_prompts.expand(b, -1, -1), local,
+                                       merger)

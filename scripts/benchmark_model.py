@@ -11,6 +11,15 @@ For one video of `--frames` frames (random CLIP of `--arch`, random pixels) it r
   fine-tuned), wall clock on CPU, CUDA events on GPU, median of `--repeats`.
 
     python scripts/benchmark_model.py --device cpu --threads 2 --frames 12 --arch ViT-B/32
+
+`--table token_merge` instead reports the token-merging rows of docs/token_merge.md side by side
+(`TOKEN_MERGE_ROWS`: CLIP, the published TempMe schedule, STOP, STOP + merging, STOP + frame
+selection, both): GFLOPs as above (the STOP prompt generator, which runs once per batch and is
+cached in evaluation, shown separately), trainable parameters, and eval forward time as a ratio
+to the CLIP row, each row timed in alternation with CLIP so the drift of a shared CPU cancels:
+
+    python scripts/benchmark_model.py --table token_merge --device cpu --threads 2 --repeats 3 \
+        --json docs/bench_token_merge_cpu.json --txt docs/bench_token_merge_cpu.txt
 """
 from __future__ import annotations
 
@@ -116,6 +125,67 @@ def time_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> flo
     return statistics.median(times_ms(fn, device, repeats))
 
 
+# Rows of `--table token_merge`: label -> main.py flags (on top of the architecture and --frames).
+_SELECTION = ["--use_tempme", "True", "--tempme_type", "simple", "--tempme_compression_ratio", "0.5"]
+TOKEN_MERGE_ROWS = {
+    "CLIP (meanP)": ["--prompt_mode", "none"],
+    "CLIP + frame merge": ["--prompt_mode", "none", "--token_merge", "frame"],
+    "published TempMe schedule (CLIP + clip merge)": ["--prompt_mode", "none", "--token_merge", "clip"],
+    "STOP": [],
+    "STOP + frame merge": ["--token_merge", "frame"],
+    "STOP + frame merge, r=4": ["--token_merge", "frame", "--token_merge_r", "4"],
+    "STOP + clip merge": ["--token_merge", "clip"],
+    "STOP + frame selection (simple 0.5)": _SELECTION,
+    "STOP + selection + frame merge": _SELECTION + ["--token_merge", "frame"],
+    "STOP + selection + clip merge": _SELECTION + ["--token_merge", "clip"],
+}
+
+
+def token_merge_table(arch: str, frames: int, device: torch.device, repeats: int) -> list[dict]:
+    """`TOKEN_MERGE_ROWS` measured on one `frames`-frame video of a random `arch` CLIP: GFLOPs
+    (total, of which the prompt generator), trainable parameters, eval forward ms and its median
+    ratio to the first row's, timed in alternation with it."""
+    resolution = CLIP_CONFIGS[arch]["image_resolution"]
+    sd = random_clip_state_dict(arch, seed=0)
+    video = torch.randint(0, 256, (1, frames, 3, resolution, resolution), dtype=torch.uint8, device=device)
+    mask = torch.ones(1, frames, device=device)
+    base = ["--clip_init", "random", "--clip_arch", arch, "--image_size", str(resolution), "--max_frames", str(frames)]
+
+    def forward_of(flags: list[str]) -> tuple[torch.nn.Module, Callable[[], torch.Tensor]]:
+        torch.manual_seed(0)
+        model = build_model(sd, params.get_args(base + flags)).to(device).eval()
+
+        def forward() -> torch.Tensor:
+            with torch.no_grad():
+                return model.get_visual_output(video, mask)[0]
+        return model, forward
+
+    rows, reference = [], None
+    for label, flags in TOKEN_MERGE_ROWS.items():
+        model, forward = forward_of(flags)
+        total, per_module = count_flops(forward, model)     # first call: the generator runs
+        forward()                                            # warm-up
+        if reference is None:
+            reference = forward
+        pairs = [(times_ms(forward, device, 1, warmup=False)[0], times_ms(reference, device, 1, warmup=False)[0])
+                 for _ in range(repeats)]
+        rows.append({"row": label, "flags": flags, "gflops": total / 1e9,
+                     "generator_gflops": per_module.get("TransformerPromptGenerator", 0) / 1e9,
+                     "trainable_parameters": sum(p.numel() for g in parameter_groups(model).values() for _, p in g),
+                     "forward_ms": statistics.median(t for t, _ in pairs),
+                     "time_ratio": statistics.median(t / r for t, r in pairs)})
+        print(f"  measured {label}", flush=True)
+    return rows
+
+
+def format_token_merge_table(rows: list[dict]) -> str:
+    lines = [f"{'':48}{'GFLOPs':>8}{'of which gen.':>14}{'trainable':>12}{'fwd ms':>9}{'time / CLIP':>13}"]
+    for r in rows:
+        lines.append(f"{r['row']:48}{r['gflops']:>8.1f}{r['generator_gflops']:>14.1f}{r['trainable_parameters']:>12,}"
+                     f"{r['forward_ms']:>9.0f}{r['time_ratio']:>13.2f}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -127,12 +197,31 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--direct_conv", action="store_true",
                         help="run the prompts' 3-D convolutions as direct F.conv3d (the reference code's "
                              "formulation) instead of the FFT form, for comparison")
+    parser.add_argument("--table", choices=("model", "token_merge"), default="model",
+                        help="model: STOP next to plain CLIP; token_merge: the rows of TOKEN_MERGE_ROWS")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--txt", default=None, help="also write the printed table (and the command) to this file")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
+    if args.table == "token_merge":
+        command = "python scripts/benchmark_model.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        header = (f"{args.arch}, one {args.frames}-frame video (batch 1), {device} ({torch.get_num_threads()} threads), "
+                  f"eval forward; time ratios paired with the CLIP row, median of {args.repeats}")
+        rows = token_merge_table(args.arch, args.frames, device, args.repeats)
+        text = "\n".join([header, format_token_merge_table(rows)])
+        print(text)
+        result = {"command": command, "arch": args.arch, "frames": args.frames, "device": str(device),
+                  "threads": torch.get_num_threads(), "repeats": args.repeats, "rows": rows}
+        if args.txt:
+            with open(args.txt, "w") as f:
+                f.write(f"$ {command}\n{text}\n")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=2)
+        return result
     if args.direct_conv:
         stop_module.same_conv3d = lambda x, conv: conv(x.float())
 

@@ -7,10 +7,11 @@ test partner differs from it only by that event, in two conditions:
     distractors  every clip also carries 12 uncaptioned outlier frames (noise bursts, cuts to
                  another scene), more than the 8-frame budget can hold
 
-Per seed and condition a base STOP model (the `--demo` model: tiny CLIP, spatial and temporal
-prompts on) is trained on 8 uniform frames (`base`), then every configuration starts from it
-(`--init_model`; STOP's per-frame prompt table is resampled to the configuration's frame count)
-and gets the same fine-tuning budget (`--epochs`, `--batch_size`, `--finetune_lr`, data, seed):
+Per seed a base STOP model (the `--demo` model: tiny CLIP, spatial and temporal prompts on) is
+trained on 8 uniform frames of the clean clips (`base`); then, in each condition, every
+configuration starts from it (`--init_model`; STOP's per-frame prompt table is resampled to the
+configuration's frame count), as when TempMe is added to a trained STOP model, and gets the same
+fine-tuning budget on that condition's clips (`--epochs`, `--batch_size`, `--finetune_lr`, seed):
 
     uniform8          8 frames sampled uniformly, no TempMe                 (8 frames reach CLIP)
     basic             48 -> 8 with TempMeCompressor, the default teacher    (8)
@@ -30,7 +31,8 @@ Writes a JSON file and a PNG chart drawn with PIL.
     python scripts/tempme_quality.py --quick                 # 2 seeds, tiny data, a few minutes
     python scripts/tempme_quality.py -- --num_workers 1      # flags after `--` go to every main.py run
 
-Each run lives in `<out_dir>/runs/<condition>/<config>_s<seed>/`; a run whose folder already
+Each run lives in `<out_dir>/runs/<condition>/<config>_s<seed>/` (bases: `<out_dir>/runs/base_s<seed>/`);
+a run whose folder already
 holds a test result for the same arguments on the same synthetic clips (generator version
 included) is reused (any other run folder is started over), so an interrupted study continues
 where it stopped.
@@ -147,17 +149,19 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 
 def run_argv(own: argparse.Namespace, extra: list[str], condition: str, config: str, seed: int) -> list[str]:
     """main.py flags of one run (later flags win, so `extra` can override anything); config
-    "base" is the uniform-8 model every configuration of the seed and condition starts from."""
-    runs = os.path.join(own.out_dir, "runs", condition)
+    "base" (condition "clean") is the uniform-8 model every configuration of the seed starts from."""
+    runs = os.path.join(own.out_dir, "runs")
     if config == "base":
+        output_dir = runs
         stage = ["--epochs", str(own.base_epochs), "--batch_size", str(BASE_BATCH), *CONFIGS[REFERENCE]]
     else:
+        output_dir = os.path.join(runs, condition)
         stage = ["--epochs", str(own.epochs), "--batch_size", str(own.batch_size), "--lr", str(own.finetune_lr),
                  "--init_model", os.path.join(runs, f"base_s{seed}", checkpoint.BEST), *RUN_FLAGS[config]]
     return ["--demo", "--no_progress", *STUDY_FLAGS, "--synthetic_num_frames", str(INPUT_FRAMES),
             "--synthetic_event_fraction", "1.0", "--synthetic_distractor_frames", str(CONDITIONS[condition]),
             "--synthetic_num_videos", str(own.num_videos), "--synthetic_num_test_videos", str(own.num_test_videos),
-            "--seed", str(seed), "--output_dir", runs, "--run_name", f"{config}_s{seed}", *stage, *extra]
+            "--seed", str(seed), "--output_dir", output_dir, "--run_name", f"{config}_s{seed}", *stage, *extra]
 
 
 def _finished_test_record(args: argparse.Namespace, dataset_folder: str) -> dict[str, Any] | None:
@@ -322,27 +326,26 @@ def bar_chart(summaries: dict[str, dict[str, dict[str, Any]]], title: str, path:
 
 
 def _run_all(own: argparse.Namespace, extra: list[str]) -> tuple[list[dict], list[dict]]:
-    """Train every base, then every configuration of a seed and condition once its base is done."""
-    keys = [(condition, seed) for condition in own.conditions for seed in own.seeds]
-    bases = {key: run_argv(own, extra, key[0], "base", key[1]) for key in keys}
-    jobs = [(condition, config, seed) for condition, seed in keys for config in own.configs]
+    """Train every seed's base, then every configuration of a seed (in every condition) once its
+    base is done."""
+    bases = {seed: run_argv(own, extra, "clean", "base", seed) for seed in own.seeds}
+    jobs = [(condition, config, seed) for seed in own.seeds for condition in own.conditions for config in own.configs]
     argvs = {job: run_argv(own, extra, *job) for job in jobs}
     for condition in own.conditions:   # generate each condition's clips once, before any worker
-        dataloaders.dataset_folders(params.get_args(bases[(condition, own.seeds[0])]))
+        dataloaders.dataset_folders(params.get_args(run_argv(own, extra, condition, REFERENCE, own.seeds[0])))
     if own.jobs == 1:
-        base_rows = {key: run_one(argv, own.threads) for key, argv in bases.items()}
+        base_rows = {seed: run_one(argv, own.threads) for seed, argv in bases.items()}
         results = {job: run_one(argv, own.threads) for job, argv in argvs.items()}
     else:
         with ProcessPoolExecutor(own.jobs, mp_context=get_context("spawn")) as pool:
-            base_futures = {key: pool.submit(run_one, argv, own.threads) for key, argv in bases.items()}
+            base_futures = {seed: pool.submit(run_one, argv, own.threads) for seed, argv in bases.items()}
             futures: dict[tuple, Future] = {}
-            for key, base in base_futures.items():
+            for seed, base in base_futures.items():
                 base.result()
-                futures.update({job: pool.submit(run_one, argvs[job], own.threads)
-                                for job in jobs if (job[0], job[2]) == key})
-            base_rows = {key: f.result() for key, f in base_futures.items()}
+                futures.update({job: pool.submit(run_one, argvs[job], own.threads) for job in jobs if job[2] == seed})
+            base_rows = {seed: f.result() for seed, f in base_futures.items()}
             results = {job: f.result() for job, f in futures.items()}
-    base_list = [{"condition": c, "config": "base", "seed": s, **base_rows[(c, s)]} for c, s in keys]
+    base_list = [{"config": "base", "seed": s, **base_rows[s]} for s in own.seeds]
     run_list = [{"condition": c, "config": config, "seed": s, **results[(c, config, s)]} for c, config, s in jobs]
     return base_list, run_list
 
@@ -353,8 +356,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     base_rows, rows = _run_all(own, extra)
     summaries = {c: summarise([r for r in rows if r["condition"] == c], own.configs) for c in own.conditions}
-    base_summaries = {c: summarise([{**r, "config": REFERENCE} for r in base_rows if r["condition"] == c],
-                                   [REFERENCE])[REFERENCE] for c in own.conditions}
+    base_summary = summarise([{**r, "config": REFERENCE} for r in base_rows], [REFERENCE])[REFERENCE]
     command = "python scripts/tempme_quality.py " + shlex.join(list(sys.argv[1:] if argv is None else argv))
     result = {
         "command": command.strip(),
@@ -370,17 +372,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "base_runs": base_rows,
         "runs": rows,
         "summary": summaries,
-        "base_summary": base_summaries,
+        "base_summary": base_summary,
     }
     Path(own.json).parent.mkdir(parents=True, exist_ok=True)
     with open(own.json, "w") as f:
         json.dump(result, f, indent=1)
     bar_chart(summaries, f"STOP on synthetic 48-frame clips, {len(own.seeds)} seeds: learned 48 -> 8 frames "
                          f"against uniform 8 after {own.epochs} fine-tuning epochs from a uniform-8 base", own.png)
+    print(f"base (uniform 8 on clean clips, before fine-tuning): t2v R@1 {base_summary['t2v_R1']['mean']:.1f} "
+          f"± {base_summary['t2v_R1']['std']:.1f}")
     for condition in own.conditions:
-        print(f"\n{condition} (base, uniform8 not fine-tuned: t2v R@1 "
-              f"{base_summaries[condition]['t2v_R1']['mean']:.1f} ± {base_summaries[condition]['t2v_R1']['std']:.1f})")
-        print(format_table(summaries[condition]))
+        print(f"\n{condition}\n{format_table(summaries[condition])}")
     print(f"wrote {own.json} and {own.png} ({result['minutes']} min)")
     return result
 

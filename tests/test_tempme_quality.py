@@ -41,7 +41,7 @@ def test_quick_study_writes_json_and_chart(tmp_path):
     assert saved["summary"] == result["summary"] and set(saved["summary"]) == {"distractors"}
     summary = saved["summary"]["distractors"]
     assert set(summary) == {"uniform8", "basic"}                       # the reference is always trained
-    assert len(saved["runs"]) == 4 and len(saved["base_runs"]) == 2     # 2 seeds
+    assert len(saved["runs"]) == 4 and len(saved["base_runs"]) == 2     # 2 seeds, one base each
     assert summary["uniform8"]["frames_kept"]["mean"] == summary["basic"]["frames_kept"]["mean"] == 8
     for run in saved["runs"]:
         assert 0.0 <= run["t2v_R1"] <= run["t2v_R5"] <= 100.0 and not run["reused"]
@@ -54,8 +54,11 @@ def test_quick_study_writes_json_and_chart(tmp_path):
     assert 0.0 < summary["uniform8"]["outlier_share"]["mean"] < 60.0
     # The base trains at --demo's learning rate, every configuration fine-tunes at --finetune_lr.
     runs = out / "runs" / "distractors"
-    lr = {run: json.loads((runs / run / "args.json").read_text())["lr"] for run in ("base_s0", "basic_s0")}
-    assert lr == {"base_s0": 1e-3, "basic_s0": 5e-4}
+    base = json.loads((out / "runs" / "base_s0" / "args.json").read_text())
+    tuned = json.loads((runs / "basic_s0" / "args.json").read_text())
+    assert (base["lr"], tuned["lr"]) == (1e-3, 5e-4)
+    # The base learns on the clean clips; the configurations fine-tune on their condition's.
+    assert (base["synthetic_distractor_frames"], tuned["synthetic_distractor_frames"]) == (0, 12)
     Image.open(out / "tempme_quality.png").verify()
 
     # A second call with the same arguments reuses the finished runs, unless a run was trained

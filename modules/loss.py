@@ -45,6 +45,15 @@ def frame_score_loss(scores: torch.Tensor, target_logits: torch.Tensor, video_ma
     return per_video[has_frames].mean() if has_frames.any() else scores.sum() * 0.0
 
 
+def standardised(values: torch.Tensor, video_mask: torch.Tensor) -> torch.Tensor:
+    """`values [B, T]` minus their mean over each video's real frames, over their std (+1e-6)."""
+    real = (video_mask > 0).float()
+    n = real.sum(1, keepdim=True).clamp(min=1)
+    centre = (values * real).sum(1, keepdim=True) / n
+    std = (((values - centre) * real) ** 2).sum(1, keepdim=True).div(n).sqrt()
+    return (values - centre) / (std + 1e-6)
+
+
 def distinctiveness_targets(frame_emb: torch.Tensor, video_mask: torch.Tensor,
                             temperature: float = AUX_TEMPERATURE) -> torch.Tensor:
     """Target logits `[B, T]` from L2-normalised frame embeddings `[B, T, D]`: each real frame's
@@ -52,11 +61,7 @@ def distinctiveness_targets(frame_emb: torch.Tensor, video_mask: torch.Tensor,
     divided by `temperature`."""
     real = (video_mask > 0).float()
     mean = F.normalize((frame_emb * real[..., None]).sum(1, keepdim=True), dim=-1)
-    distinct = 1.0 - (frame_emb * mean).sum(-1)
-    n = real.sum(1, keepdim=True).clamp(min=1)
-    centre = (distinct * real).sum(1, keepdim=True) / n
-    std = (((distinct - centre) * real) ** 2).sum(1, keepdim=True).div(n).sqrt()
-    return (distinct - centre) / (std + 1e-6) / temperature
+    return standardised(1.0 - (frame_emb * mean).sum(-1), video_mask) / temperature
 
 
 def caption_relevance_targets(frame_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
@@ -84,7 +89,8 @@ class RetrievalLoss(nn.Module):
     (`outputs["teacher_frame_emb"]`, training with a teacher share): the straight-through gate
     only tells the compressor about frames it already selected. `teacher` picks the targets:
     "distinct" (`distinctiveness_targets`: frames unlike the rest of their video), "text"
-    (`caption_relevance_targets`: frames that pick out their own caption) or "mix" (the sum).
+    (`caption_relevance_targets`: frames that pick out their own caption, as a log-posterior) or
+    "mix" (both standardised within the clip and summed: distinct and relevant frames first).
     """
 
     def __init__(self, aux_weight: float = 0.0, teacher: str = "text", aux_temperature: float = AUX_TEMPERATURE) -> None:
@@ -100,12 +106,14 @@ class RetrievalLoss(nn.Module):
     def frame_targets(self, outputs: dict[str, Any]) -> torch.Tensor:
         """The teacher's target logits `[B_t, T_in]` for the taught videos of `outputs`."""
         frame_emb, mask = outputs["teacher_frame_emb"], outputs["input_mask"]
-        targets = 0.0
-        if self.teacher in ("distinct", "mix"):
-            targets = targets + distinctiveness_targets(frame_emb, mask, self.aux_temperature)
-        if self.teacher in ("text", "mix"):
-            targets = targets + caption_relevance_targets(frame_emb, outputs["text_emb"], outputs["logit_scale"])
-        return targets
+        if self.teacher == "distinct":
+            return distinctiveness_targets(frame_emb, mask, self.aux_temperature)
+        relevance = caption_relevance_targets(frame_emb, outputs["text_emb"], outputs["logit_scale"])
+        if self.teacher == "text":
+            return relevance
+        # mix: on one scale, so an outlier's distinctiveness is cancelled by its irrelevance.
+        return (distinctiveness_targets(frame_emb, mask, self.aux_temperature)
+                + standardised(relevance, mask) / self.aux_temperature)
 
     def forward(self, outputs: dict[str, Any], output_dict: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
         """`outputs` of `CLIP4Clip.forward` -> the scalar loss, or with `output_dict`

@@ -85,6 +85,8 @@ CONFIGS: dict[str, list[str]] = {
 }
 # Selectable with --configs, not part of the default study.
 OPTIONAL: dict[str, list[str]] = {
+    "uniform8_merge": CONFIGS["uniform8"] + ["--token_merge", "frame"],
+    "basic_merge": _BASIC + ["--token_merge", "frame"],
     "basic_mix": _BASIC + ["--tempme_teacher", "mix"],
     "adaptive": ["--max_frames", str(CLIP_FRAMES), "--use_tempme", "True", "--tempme_type", "adaptive",
                  "--tempme_max_input_frames", str(INPUT_FRAMES), "--tempme_min_output_frames", "4",

@@ -110,7 +110,8 @@ def run_query(opts: argparse.Namespace) -> list[list[Hit]]:
     if opts.html:
         searchable = sum(e["status"] == "ok" for e in manifest["videos"])
         write_page(opts.html, queries, hits, make_reader(args),
-                   f"{searchable} videos under {manifest['videos_dir']} | model {manifest['model']['checkpoint']}")
+                   f"{searchable} videos under {manifest['videos_dir']} | model {manifest['model']['checkpoint']}",
+                   compressed=args.use_tempme)
         log.info("wrote %s", opts.html)
     return hits
 

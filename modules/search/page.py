@@ -74,8 +74,10 @@ def _strip(hit: Hit, reader: VideoReader, image_dir: str, page_dir: str,
     return note + f'<div class="strip">{"".join(figures)}</div>'
 
 
-def write_page(page: str, queries: list[str], hits: list[list[Hit]], reader: VideoReader, subtitle: str) -> list[str]:
-    """Write the results page `page` (queries and their hits); returns the image files written."""
+def write_page(page: str, queries: list[str], hits: list[list[Hit]], reader: VideoReader, subtitle: str,
+               compressed: bool) -> list[str]:
+    """Write the results page `page` (queries and their hits, `subtitle` under the title; `compressed`:
+    the model has TempMe, so frames can be dropped); returns the image files written."""
     page_dir = os.path.dirname(os.path.abspath(page))
     image_dir = os.path.join(page_dir, os.path.splitext(os.path.basename(page))[0] + "_files")
     os.makedirs(image_dir, exist_ok=True)
@@ -89,8 +91,10 @@ def write_page(page: str, queries: list[str], hits: list[list[Hit]], reader: Vid
                 for rank, hit in enumerate(query_hits, 1)]
         sections.append(f'<section class="query"><h2>{html.escape(query)}</h2>'
                         f'{"".join(rows) or "<p class=note>no videos in the index</p>"}</section>')
-    legend = ('<p class="legend"><span class="swatch" style="background:#28c83c"></span>frames the model kept'
-              '<span class="swatch" style="background:#d0d0d0"></span>frames read but dropped by TempMe</p>')
+    legend = ('<span class="swatch" style="background:#28c83c"></span>frames TempMe kept for the model'
+              '<span class="swatch" style="background:#d0d0d0"></span>frames read but dropped' if compressed else
+              '<span class="swatch" style="background:#28c83c"></span>every frame read reaches the model (no TempMe)')
+    legend = f'<p class="legend">frame #: index in the file;{legend}</p>'
     document = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>Video search</title>'
                 f'<style>{STYLE}</style></head><body><h1>Video search</h1><p class="meta">{html.escape(subtitle)}</p>'
                 f'{legend}{"".join(sections)}</body></html>\n')

@@ -153,6 +153,18 @@ class VideoFiles(Dataset):
         return {"video": video, "video_mask": mask, "frame_indices": indices, "position": position, "reason": reason}
 
 
+def _encode_batch(model: CLIP4Clip, video: torch.Tensor, mask: torch.Tensor, device: torch.device,
+                  precision: str) -> tuple[np.ndarray, torch.Tensor]:
+    """uint8 `[B, T, 3, S, S]`, mask `[B, T]` -> (L2-normalised float32 embeddings `[B, D]`, positions
+    among the T frames read of the frames that reached CLIP `[B, T']`, -1 = padding)."""
+    video, mask = video.to(device), mask.to(device)
+    with autocast(precision, device):
+        emb, _, info = model.encode_video(video, mask)
+    positions = (info["indices"] if info is not None  # TempMe's choice, else every real frame
+                 else torch.where(mask > 0, torch.arange(mask.shape[1], device=device), -1))
+    return F.normalize(emb.float(), dim=-1).cpu().numpy(), positions.cpu()
+
+
 @torch.no_grad()
 def encode_files(model: CLIP4Clip, args: Namespace, videos_dir: str, paths: list[str], device: torch.device,
                  batch_size: int, num_workers: int, progress: bool = True
@@ -166,29 +178,22 @@ def encode_files(model: CLIP4Clip, args: Namespace, videos_dir: str, paths: list
                                                   "num_workers": num_workers}), train=False)
     with tqdm(total=len(paths), desc="index", unit="video", disable=not progress, dynamic_ncols=True) as bar:
         for batch in loader:
-            ok = torch.tensor([not reason for reason in batch["reason"]])
-            embeddings, kept = {}, {}
-            if ok.any():
-                video, mask = batch["video"][ok].to(device), batch["video_mask"][ok].to(device)
-                with autocast(precision, device):
-                    emb, _, info = model.encode_video(video, mask)
-                # Positions among the frames read of the frames that reached CLIP: TempMe's choice, else all.
-                positions = (info["indices"] if info is not None else
-                             torch.where(mask > 0, torch.arange(mask.shape[1], device=device), -1)).cpu()
-                for row, position in enumerate(batch["position"][ok].tolist()):
-                    embeddings[position] = F.normalize(emb[row].float(), dim=-1).cpu().numpy()
-                    kept[position] = positions[row]
+            ok = [i for i, reason in enumerate(batch["reason"]) if not reason]
+            encoded = {}
+            if ok:
+                emb, positions = _encode_batch(model, batch["video"][ok], batch["video_mask"][ok], device, precision)
+                encoded = dict(zip(ok, zip(emb, positions)))
             for i, position in enumerate(batch["position"].tolist()):
-                path = paths[position]
-                if position not in embeddings:
-                    log.warning("cannot read %s: %s (listed as failed in the manifest)", path, batch["reason"][i])
-                    yield path, {"status": "failed", "reason": batch["reason"][i]}, None
+                path, reason = paths[position], batch["reason"][i]
+                if i not in encoded:
+                    log.warning("cannot read %s: %s (listed as failed in the manifest)", path, reason)
+                    yield path, {"status": "failed", "reason": reason}, None
                     continue
+                embedding, chosen = encoded[i]
                 read = batch["frame_indices"][i]
-                chosen = kept[position]
                 yield path, {"status": "ok", "frames_read": read[read >= 0].tolist(),
-                             "frames_kept": sorted(read[chosen[chosen >= 0]].tolist())}, embeddings[position]
-            bar.update(len(batch["position"]))
+                             "frames_kept": sorted(read[chosen[chosen >= 0]].tolist())}, embedding
+            bar.update(len(batch["reason"]))
 
 
 def _previous(index_dir: str, identity: dict[str, Any], videos_dir: str) -> tuple[dict[str, Any] | None, Any]:

@@ -22,7 +22,7 @@ STYLE = f"""
 body {{ font-family: system-ui, sans-serif; margin: 24px; color: #222; background: #fafafa; }}
 h1 {{ font-size: 20px; margin: 0 0 4px; }}
 .meta, .legend {{ color: #666; font-size: 13px; margin: 0 0 4px; }}
-.legend .swatch {{ display: inline-block; width: 10px; height: 10px; vertical-align: middle; margin: 0 4px 0 10px; }}
+.legend .swatch {{ display: inline-block; width: 10px; height: 10px; vertical-align: middle; margin: 0 4px 0 6px; }}
 section.query {{ margin: 28px 0; }}
 section.query h2 {{ font-size: 17px; margin: 0 0 10px; border-bottom: 1px solid #ddd; padding-bottom: 4px; }}
 .hit {{ display: flex; gap: 14px; align-items: center; margin: 8px 0; padding: 8px; background: #fff;
@@ -94,7 +94,7 @@ def write_page(page: str, queries: list[str], hits: list[list[Hit]], reader: Vid
     legend = ('<span class="swatch" style="background:#28c83c"></span>frames TempMe kept for the model'
               '<span class="swatch" style="background:#d0d0d0"></span>frames read but dropped' if compressed else
               '<span class="swatch" style="background:#28c83c"></span>every frame read reaches the model (no TempMe)')
-    legend = f'<p class="legend">frame #: index in the file;{legend}</p>'
+    legend = f'<p class="legend">#n under a frame: its index in the video file &middot; {legend}</p>'
     document = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>Video search</title>'
                 f'<style>{STYLE}</style></head><body><h1>Video search</h1><p class="meta">{html.escape(subtitle)}</p>'
                 f'{legend}{"".join(sections)}</body></html>\n')

@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--json", action="store_true", help="print one JSON object per query per line")
     query.add_argument("--html", default=None, metavar="PAGE", help="also write a results page with the frames")
     query.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    query.add_argument("--clip_weights", default=None,
+                       help="CLIP weights file, when the checkpoint holds none and the file indexing used moved")
     query.add_argument("--search", choices=SEARCH_BACKENDS, default="auto",
                        help="exact: chunked matrix product; faiss: faiss-cpu's exact index; auto: faiss for "
                             "large indexes when installed")
@@ -101,7 +103,7 @@ def run_query(opts: argparse.Namespace) -> list[list[Hit]]:
         raise SystemExit(f"--top_k must be >= 1, got {opts.top_k}")
     queries = opts.text or read_queries(opts.queries)
     manifest, embeddings = load_index(opts.index)
-    model, args = model_for_index(manifest, opts.index)
+    model, args = model_for_index(manifest, opts.index, opts.clip_weights)
     device = resolve_device(opts.device)
     hits = search(manifest, embeddings, encode_texts(model.to(device), args, queries, device), opts.top_k,
                   opts.search)

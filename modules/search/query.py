@@ -41,8 +41,10 @@ class Hit:
     frames_kept: list[int]
 
 
-def model_for_index(manifest: dict[str, Any], index_dir: str) -> tuple[CLIP4Clip, Namespace]:
-    """The index's model, rebuilt from its checkpoint; refuses a checkpoint that is gone or changed."""
+def model_for_index(manifest: dict[str, Any], index_dir: str,
+                    clip_weights: str | None = None) -> tuple[CLIP4Clip, Namespace]:
+    """The index's model, rebuilt from its checkpoint (`clip_weights` replaces the CLIP weights path the
+    index recorded); refuses a checkpoint that is gone or changed."""
     model = manifest["model"]
     checkpoint = model["checkpoint"]
     if not os.path.isfile(checkpoint):
@@ -52,7 +54,7 @@ def model_for_index(manifest: dict[str, Any], index_dir: str) -> tuple[CLIP4Clip
         raise ValueError(f"checkpoint {checkpoint} changed since --index {index_dir} was built (sha256 was "
                          f"{model['sha256'][:12]}): its embeddings belong to the old model; index again into a "
                          f"new folder")
-    return model_from_checkpoint(checkpoint, model["clip_weights"])
+    return model_from_checkpoint(checkpoint, clip_weights or model["clip_weights"])
 
 
 @torch.no_grad()

@@ -40,8 +40,8 @@ CLIP_CONFIGS: dict[str, dict[str, int]] = {
                  transformer_width=128, transformer_heads=2, transformer_layers=4),
 }
 
-# Entries of OpenAI's TorchScript state dict that are not parameters.
 INITIAL_LOGIT_SCALE = math.log(1 / 0.07)  # CLIP's initial temperature (ln of 1/0.07)
+# Entries of OpenAI's TorchScript state dict that are not parameters.
 _NON_PARAMETER_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 

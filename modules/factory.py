@@ -26,7 +26,8 @@ from modules.optim import trainable_names
 from modules.stop import StopConfig, StopPrompts, add_adapters
 from modules.tempme import TempMeConfig, get_tempme_model
 
-__all__ = ["build_model", "build_loss", "build_trained_model", "model_from_checkpoint", "stop_config", "tempme_config", "StopConfig", "TempMeConfig"]
+__all__ = ["build_model", "build_loss", "build_trained_model", "model_from_checkpoint", "checkpoint_args",
+           "stop_config", "tempme_config", "StopConfig", "TempMeConfig"]
 
 
 def tempme_config(args: Any) -> TempMeConfig:

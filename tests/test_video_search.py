@@ -20,12 +20,15 @@ import params
 from PIL import Image
 
 from dataloaders import build_dataset, make_reader
-from dataloaders.video_reader import normalize_video
+from dataloaders.synthetic import write_mp4
+from dataloaders.video_reader import VideoReader, normalize_video
 from modules.checkpoint import load_clip_weights
 from modules.factory import build_trained_model, model_from_checkpoint
 from modules.search import index as search_index
 from modules.search import query as search_query
 from modules.search.index import build_index, load_index
+from modules.search.page import write_page
+from modules.search.query import Hit
 from modules.tokenization import tokenize
 from scripts import video_search
 from test_engine import _records, _run_flags
@@ -333,6 +336,22 @@ def test_page_renders_in_headless_chromium(page, tmp_path):
     pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
     green = (abs(pixels - np.array([40, 200, 60])).sum(-1) < 30).sum()   # the kept frames' outline
     assert green > 1000 and pixels.std() > 20
+
+
+def test_page_flags_hits_whose_file_changed_or_vanished(tmp_path):
+    frames = np.random.default_rng(0).integers(0, 255, (6, 32, 32, 3), dtype=np.uint8)
+    write_mp4(str(tmp_path / "v.mp4"), frames)
+    reader = VideoReader(num_frames=4, image_size=32)
+    same = Hit(str(tmp_path / "v.mp4"), "v.mp4", 0.5, frames_read=[0, 1, 3, 4], frames_kept=[1, 4])  # centres
+    changed = Hit(same.path, same.relpath, 0.4, frames_read=[0, 1, 2, 3], frames_kept=[1])
+    gone = Hit(str(tmp_path / "gone.mp4"), "gone.mp4", 0.3, frames_read=[0], frames_kept=[0])
+    page = tmp_path / "p.html"
+    written = write_page(str(page), ["q1", "q2"], [[same, gone], [changed]], reader, "subtitle", compressed=True)
+    assert [os.path.basename(w).split("-")[1] for w in written] == ["0.jpg", "1.jpg", "3.jpg", "4.jpg"]
+    text = page.read_text()
+    assert text.count('class="kept"') == 2 + 1 and text.count('class="dropped"') == 2 + 3
+    assert text.count("cannot read the file now") == 1 and "gone.mp4" in text
+    assert text.count("changed since it was indexed") == 1   # `changed`, not `same`, whose frames match
 
 
 def test_exact_search_against_a_full_sort_and_faiss(monkeypatch):

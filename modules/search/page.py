@@ -46,32 +46,32 @@ def _href(path: str, page_dir: str) -> str:
     return urllib.parse.quote(os.path.relpath(path, page_dir).replace(os.sep, "/"))
 
 
-def _strip(hit: Hit, reader: VideoReader, image_dir: str, page_dir: str,
-           written: dict[str, list[tuple[int, str]]]) -> str:
-    """HTML of one hit's frames; writes their JPEGs once per video (`written`: path -> [(source
-    frame index, image file)])."""
-    note = ""
-    if hit.path not in written:
-        files = []
-        try:
-            video, _, read = reader.read_with_indices(hit.path, train=False)
-        except (VideoReadError, OSError) as exc:
-            written[hit.path] = []
-            return f'<p class="note">cannot read the file now: {html.escape(str(exc))}</p>'
-        stem = hashlib.sha1(hit.relpath.encode()).hexdigest()[:16]
-        for position, source in enumerate(read):
-            name = os.path.join(image_dir, f"{stem}-{source}.jpg")
-            Image.fromarray(video[position].permute(1, 2, 0).numpy()).save(name, quality=92)
-            files.append((source, name))
-        written[hit.path] = files
-        if read != hit.frames_read:
-            note = '<p class="note">the file changed since it was indexed: these frames may not be the ones scored</p>'
-    figures = []
-    for source, name in written[hit.path]:
-        kept = source in hit.frames_kept
-        figures.append(f'<figure class="{"kept" if kept else "dropped"}"><img src="{_href(name, page_dir)}" '
-                       f'alt="frame {source}" loading="lazy"><figcaption>#{source}</figcaption></figure>')
-    return note + f'<div class="strip">{"".join(figures)}</div>'
+def _frames(path: str, relpath: str, reader: VideoReader, image_dir: str) -> tuple[list[tuple[int, str]], str]:
+    """Read a video as indexing did and write its frames as JPEGs: ([(source frame index, image
+    file)], "" or why the file cannot be read now)."""
+    try:
+        video, _, read = reader.read_with_indices(path, train=False)
+    except (VideoReadError, OSError) as exc:
+        return [], f"cannot read the file now: {exc}"
+    stem = hashlib.sha1(relpath.encode()).hexdigest()[:16]
+    files = []
+    for position, source in enumerate(read):
+        name = os.path.join(image_dir, f"{stem}-{source}.jpg")
+        Image.fromarray(video[position].permute(1, 2, 0).numpy()).save(name, quality=92)
+        files.append((source, name))
+    return files, ""
+
+
+def _strip(hit: Hit, files: list[tuple[int, str]], error: str, page_dir: str) -> str:
+    """HTML of one hit's frames (kept ones outlined, the others dimmed), with a note when the file
+    cannot be read now or gives other frames than it did when indexed."""
+    figures = [f'<figure class="{"kept" if source in hit.frames_kept else "dropped"}">'
+               f'<img src="{_href(name, page_dir)}" alt="frame {source}" loading="lazy">'
+               f'<figcaption>#{source}</figcaption></figure>' for source, name in files]
+    note = error or ("" if [source for source, _ in files] == hit.frames_read else
+                     "the file changed since it was indexed: these frames may not be the ones scored")
+    note = f'<p class="note">{html.escape(note)}</p>' if note else ""
+    return f'<div class="frames">{note}<div class="strip">{"".join(figures)}</div></div>'
 
 
 def write_page(page: str, queries: list[str], hits: list[list[Hit]], reader: VideoReader, subtitle: str,
@@ -81,14 +81,18 @@ def write_page(page: str, queries: list[str], hits: list[list[Hit]], reader: Vid
     page_dir = os.path.dirname(os.path.abspath(page))
     image_dir = os.path.join(page_dir, os.path.splitext(os.path.basename(page))[0] + "_files")
     os.makedirs(image_dir, exist_ok=True)
-    written: dict[str, list[tuple[int, str]]] = {}
+    written: dict[str, tuple[list[tuple[int, str]], str]] = {}   # video path -> _frames(), once per video
     sections = []
     for query, query_hits in zip(queries, hits):
-        rows = [f'<div class="hit"><div class="info"><div class="rank">#{rank}</div>'
-                f'<div class="score">score {hit.score:.4f}</div><div class="path">{html.escape(hit.relpath)}</div>'
-                f'<div class="meta">{len(hit.frames_kept)} of {len(hit.frames_read)} frames reached the model</div>'
-                f'</div>{_strip(hit, reader, image_dir, page_dir, written)}</div>'
-                for rank, hit in enumerate(query_hits, 1)]
+        rows = []
+        for rank, hit in enumerate(query_hits, 1):
+            if hit.path not in written:
+                written[hit.path] = _frames(hit.path, hit.relpath, reader, image_dir)
+            rows.append(f'<div class="hit"><div class="info"><div class="rank">#{rank}</div>'
+                        f'<div class="score">score {hit.score:.4f}</div>'
+                        f'<div class="path">{html.escape(hit.relpath)}</div>'
+                        f'<div class="meta">{len(hit.frames_kept)} of {len(hit.frames_read)} frames reached the '
+                        f'model</div></div>{_strip(hit, *written[hit.path], page_dir)}</div>')
         sections.append(f'<section class="query"><h2>{html.escape(query)}</h2>'
                         f'{"".join(rows) or "<p class=note>no videos in the index</p>"}</section>')
     legend = ('<span class="swatch" style="background:#28c83c"></span>frames TempMe kept for the model'
@@ -102,4 +106,4 @@ def write_page(page: str, queries: list[str], hits: list[list[Hit]], reader: Vid
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(document)
     os.replace(tmp, page)
-    return [name for files in written.values() for _, name in files]
+    return [name for files, _ in written.values() for _, name in files]

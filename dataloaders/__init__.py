@@ -26,6 +26,7 @@ Public API
     `sampler.set_epoch(epoch)` before each epoch. Evaluation under torch.distributed: a
     DistributedSampler (no shuffle, padded by repetition, so gather by `caption_index` /
     `video_index`), else None. `args.batch_size` is the global train batch.
+`make_reader(args) -> VideoReader` reads T frames of S px as the flags say (what every split uses).
 `VideoReader`, `normalize_video`, `CLIP_MEAN`, `CLIP_STD` from `video_reader.py`.
 """
 from __future__ import annotations
@@ -49,7 +50,8 @@ from .base import Annotations, RetrievalDataset, Tokenizer, layout_hint, video_f
 from .video_reader import CLIP_MEAN, CLIP_STD, VideoReader, VideoReadError, normalize_video
 
 __all__ = ["DATASETS", "DEFAULT_VAL_HOLDOUT", "EpochSampler", "build_dataset", "build_dataloader", "make_loader",
-           "RetrievalDataset", "VideoReader", "VideoReadError", "normalize_video", "CLIP_MEAN", "CLIP_STD", "PARSERS"]
+           "make_reader", "RetrievalDataset", "VideoReader", "VideoReadError", "normalize_video", "CLIP_MEAN",
+           "CLIP_STD", "PARSERS"]
 
 logger = logging.getLogger("dataloaders")
 SPLITS = ("train", "val", "test")
@@ -135,14 +137,19 @@ def build_dataset(args: argparse.Namespace, split: str, tokenizer: Tokenizer) ->
     if missing:
         logger.warning("%s %s: %d of %d videos have no file under %s (run python -m dataloaders.check)",
                        args.dataset, split, missing, len(paths), features_path)
-    reader = VideoReader(backend=args.video_backend, num_frames=TempMeConfig.from_flags(args).num_input_frames,
-                         image_size=args.image_size, max_seconds=args.video_max_seconds)
     dataset = RetrievalDataset(annotations, paths, name=args.dataset, split=split, tokenizer=tokenizer,
-                               max_words=args.max_words, reader=reader, train=split == "train",
+                               max_words=args.max_words, reader=make_reader(args), train=split == "train",
                                random_frames=args.train_frame_sampling == "random", seed=args.seed)
     dataset.skipped_video_ids = skipped
     dataset.val_protocol, dataset.val_is_test = val_protocol, val_is_test
     return dataset
+
+
+def make_reader(args: argparse.Namespace) -> VideoReader:
+    """The video reader the flags describe: `TempMeConfig.from_flags(args).num_input_frames` frames
+    of `--image_size` px per video, `--video_backend`, `--video_max_seconds`."""
+    return VideoReader(backend=args.video_backend, num_frames=TempMeConfig.from_flags(args).num_input_frames,
+                       image_size=args.image_size, max_seconds=args.video_max_seconds)
 
 
 def _keep_videos(annotations: Annotations, keep: list[int]) -> Annotations:

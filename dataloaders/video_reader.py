@@ -104,11 +104,17 @@ class VideoReader:
         Returns `video` uint8 `[T, 3, S, S]` (zeros after the last real frame) and `mask` long `[T]`.
         Raises `VideoReadError` for empty, undecodable or frameless files.
         """
+        video, mask, _ = self.read_with_indices(path, train=train, rng=rng)
+        return video, mask
+
+    def read_with_indices(self, path: str, *, train: bool, rng: random.Random | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """`read` plus the source index (in the file's frame order) of each real output frame."""
         if os.path.getsize(path) == 0:
             raise VideoReadError(path, "empty file (0 bytes)")
         try:
             decode = self._read_decord if self.backend == "decord" else self._read_pyav
-            frames = decode(path, train, rng)
+            frames, indices = decode(path, train, rng)
         except VideoReadError:
             raise
         except Exception as exc:  # decoders raise many types (DECORDError, av.FFmpegError, ...)
@@ -117,7 +123,7 @@ class VideoReader:
                 raise VideoReadError(path, f"cannot decode ({reason})") from exc
             # decord rejects some valid files (e.g. certain small frame sizes): PyAV gets a second try.
             try:
-                frames = self._read_pyav(path, train, rng)
+                frames, indices = self._read_pyav(path, train, rng)
             except Exception as second:
                 raise VideoReadError(path, f"cannot decode (decord {reason}; pyav {type(second).__name__}: "
                                            f"{str(second).strip()[-300:]})") from second
@@ -127,7 +133,7 @@ class VideoReader:
         video[:n] = frames
         mask = torch.zeros(self.num_frames, dtype=torch.long)
         mask[:n] = 1
-        return video, mask
+        return video, mask, indices
 
     def _usable_frames(self, path: str, total: int, fps: float) -> int:
         if total <= 0:
@@ -136,15 +142,15 @@ class VideoReader:
             total = min(total, max(1, int(self.max_seconds * fps)))
         return total
 
-    def _read_decord(self, path: str, train: bool, rng: random.Random | None) -> np.ndarray:
+    def _read_decord(self, path: str, train: bool, rng: random.Random | None) -> tuple[np.ndarray, list[int]]:
         import decord  # lazy: see the module docstring
 
         reader = decord.VideoReader(path, num_threads=1)
         total = self._usable_frames(path, len(reader), reader.get_avg_fps())
         indices = sample_frame_indices(total, self.num_frames, train, rng)
-        return reader.get_batch(indices).asnumpy()  # [t, H, W, 3]
+        return reader.get_batch(indices).asnumpy(), indices  # [t, H, W, 3]
 
-    def _read_pyav(self, path: str, train: bool, rng: random.Random | None) -> np.ndarray:
+    def _read_pyav(self, path: str, train: bool, rng: random.Random | None) -> tuple[np.ndarray, list[int]]:
         import av
 
         with av.open(path) as container:
@@ -166,9 +172,9 @@ class VideoReader:
                     break
         if not decoded:
             raise VideoReadError(path, "no decodable frames")
-        # A container that over-reports its length: repeat the last decoded frame.
-        frames, previous = [], decoded[min(decoded)]
+        # A container that over-reports its length: repeat the last decoded frame (and report its index).
+        used, previous = [], min(decoded)
         for index in indices:
-            previous = decoded.get(index, previous)
-            frames.append(previous)
-        return np.stack(frames)
+            previous = index if index in decoded else previous
+            used.append(previous)
+        return np.stack([decoded[i] for i in used]), used

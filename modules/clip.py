@@ -49,6 +49,7 @@ CLIP_CONFIGS: dict[str, dict[str, int]] = {
                     transformer_width=128, transformer_heads=2, transformer_layers=4),
 }
 
+INITIAL_LOGIT_SCALE = math.log(1 / 0.07)  # CLIP's initial temperature (ln of 1/0.07)
 # Entries of OpenAI's TorchScript state dict that are not parameters.
 _NON_PARAMETER_KEYS = ("input_resolution", "context_length", "vocab_size")
 
@@ -194,7 +195,7 @@ class CLIP(nn.Module):
         self.positional_embedding = nn.Parameter(torch.empty(context_length, transformer_width))
         self.ln_final = nn.LayerNorm(transformer_width)
         self.text_projection = nn.Parameter(torch.empty(transformer_width, embed_dim))
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.logit_scale = nn.Parameter(torch.tensor(INITIAL_LOGIT_SCALE))
         self._init_parameters()
 
     def _init_parameters(self) -> None:

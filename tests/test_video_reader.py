@@ -79,6 +79,18 @@ def test_train_read_within_segments(video40, backend):
     assert len(seen) > 1
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("train", [False, True])
+def test_read_with_indices_reports_the_decoded_frames(video40, tmp_path, backend, train):
+    """The indices returned are the source frames actually decoded (read from the pixels)."""
+    reader = VideoReader(backend=backend, num_frames=8, image_size=32)
+    video, mask, indices = reader.read_with_indices(video40, train=train, rng=random.Random(3))
+    assert indices == decoded_indices(video, mask) and len(indices) == 8
+    short = make_indexed_video(tmp_path / "short.mp4", 5)
+    video, mask, indices = reader.read_with_indices(short, train=train)
+    assert indices == decoded_indices(video, mask) == [0, 1, 2, 3, 4] and mask.tolist() == [1] * 5 + [0] * 3
+
+
 def test_backends_give_same_frames(video40):
     a, _ = VideoReader(backend="decord", num_frames=12, image_size=32).read(video40, train=False)
     b, _ = VideoReader(backend="pyav", num_frames=12, image_size=32).read(video40, train=False)

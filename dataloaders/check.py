@@ -1,6 +1,7 @@
 """Decode every video of a dataset before renting GPUs: `python -m dataloaders.check --dataset NAME
 --data_path DIR --features_path DIR [--split train val test] [--video_backend pyav] [--num_workers N]`.
-`python -m dataloaders.check --dataset NAME --layout` prints the files the dataset expects.
+`python -m dataloaders.check --dataset NAME --layout` prints the files the dataset expects;
+`--videos_folder` prints the folder of its videos (`--demo --videos_folder`: the demo's synthetic set).
 
 Any other flag of `params.py` is accepted (e.g. --max_frames, --video_max_seconds). Prints the
 counts of videos, captions, ok, missing, unreadable and too short (fewer frames than loaded per
@@ -19,7 +20,7 @@ from tqdm import tqdm
 
 import params
 from modules.errors import UserError, one_line
-from . import PARSERS, build_dataset, msrvtt
+from . import PARSERS, build_dataset, dataset_folders, msrvtt
 from .base import RetrievalDataset
 
 MAX_IDS_SHOWN = 50
@@ -68,10 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=False)
     parser.add_argument("--split", nargs="+", choices=("train", "val", "test"), default=["train", "val", "test"])
     parser.add_argument("--layout", action="store_true", help="print the files --dataset expects and exit")
+    parser.add_argument("--videos_folder", action="store_true",
+                        help="print the folder of the videos and exit (the synthetic set's is generated first)")
     own, rest = parser.parse_known_args(argv)
     args = params.get_args(rest)
     if own.layout:
         print(f"{args.dataset}: --data_path holds\n{PARSERS.get(args.dataset, msrvtt).LAYOUT}")
+        return 0
+    if own.videos_folder:
+        print(dataset_folders(args)[1])
         return 0
     if args.dataset != "synthetic" and (args.data_path is None or args.features_path is None):
         print("error: --data_path and --features_path are required", file=sys.stderr)

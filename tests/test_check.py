@@ -3,6 +3,7 @@ import json
 import runpy
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,3 +60,14 @@ def test_module_entry_point_exit_status(folder, monkeypatch, capsys):
     assert exit_info.value.code == 1
     out = capsys.readouterr().out
     assert "unreadable: video0" in out and "empty file" in out
+
+
+def test_videos_folder_is_printed_and_the_synthetic_one_generated(folder, tmp_path, capsys):
+    assert main(argv(*folder, "--videos_folder")) == 0
+    assert capsys.readouterr().out.strip() == str(folder[1])
+    flags = ["--demo", "--synthetic_dir", str(tmp_path / "synth"), "--synthetic_num_videos", "4",
+             "--synthetic_num_test_videos", "2", "--videos_folder"]
+    assert main(flags) == 0
+    printed = capsys.readouterr().out.strip()
+    assert printed.startswith(str(tmp_path / "synth")) and len(list((tmp_path / "synth").glob("*/videos/*.mp4"))) == 8
+    assert sorted(p.name for p in Path(printed).iterdir())[:1] == ["video0.mp4"]

@@ -33,29 +33,29 @@ def test_quick_study_writes_json_and_chart(tmp_path):
     out = tmp_path / "study"
     study_flags = ["--quick", "--num_videos", "8", "--num_test_videos", "4", "--epochs", "1", "--batch_size", "8",
                    "--finetune_lr", "5e-4", "--threads", "1", "--out_dir", str(out), "--conditions", "distractors",
-                   "--configs", "basic"]
+                   "--configs", "basic_text"]
     main_flags = ["--", "--synthetic_dir", str(tmp_path / "synthetic"), "--num_workers", "0",
                   "--tempme_hidden_dim", "16", "--batch_size_val", "8"]
     result = tempme_quality.main(study_flags + main_flags)
     saved = json.loads((out / "tempme_quality.json").read_text())
     assert saved["summary"] == result["summary"] and set(saved["summary"]) == {"distractors"}
     summary = saved["summary"]["distractors"]
-    assert set(summary) == {"uniform8", "basic"}                       # the reference is always trained
+    assert set(summary) == {"uniform8", "basic_text"}                       # the reference is always trained
     assert len(saved["runs"]) == 4 and len(saved["base_runs"]) == 2     # 2 seeds, one base each
-    assert summary["uniform8"]["frames_kept"]["mean"] == summary["basic"]["frames_kept"]["mean"] == 8
+    assert summary["uniform8"]["frames_kept"]["mean"] == summary["basic_text"]["frames_kept"]["mean"] == 8
     for run in saved["runs"]:
         assert 0.0 <= run["t2v_R1"] <= run["t2v_R5"] <= 100.0 and not run["reused"]
         assert 0.0 <= run["event_hit"] <= 100.0 and 0.0 <= run["outlier_share"] <= 100.0
     per_run = {(r["config"], r["seed"]): r["t2v_R1"] for r in saved["runs"]}
-    gain = summary["basic"]["t2v_R1_vs_uniform8"]
-    assert gain["per_seed"] == [per_run[("basic", s)] - per_run[("uniform8", s)] for s in (0, 1)]
+    gain = summary["basic_text"]["t2v_R1_vs_uniform8"]
+    assert gain["per_seed"] == [per_run[("basic_text", s)] - per_run[("uniform8", s)] for s in (0, 1)]
     assert gain["ci95"][0] <= gain["mean"] <= gain["ci95"][1]
     # Uniform 8 of 48 frames with 12 distractors: about a quarter of what reaches CLIP is an outlier.
     assert 0.0 < summary["uniform8"]["outlier_share"]["mean"] < 60.0
     # The base trains at --demo's learning rate, every configuration fine-tunes at --finetune_lr.
     runs = out / "runs" / "distractors"
     base = json.loads((out / "runs" / "base_s0" / "args.json").read_text())
-    tuned = json.loads((runs / "basic_s0" / "args.json").read_text())
+    tuned = json.loads((runs / "basic_text_s0" / "args.json").read_text())
     assert (base["lr"], tuned["lr"]) == (1e-3, 5e-4)
     # The base learns on the clean clips; the configurations fine-tune on their condition's.
     assert (base["synthetic_distractor_frames"], tuned["synthetic_distractor_frames"]) == (0, 12)
@@ -67,4 +67,4 @@ def test_quick_study_writes_json_and_chart(tmp_path):
         json.dumps({"dataset_folder": str(tmp_path / "synthetic" / "older_clips")}))
     again = tempme_quality.main(study_flags + ["--seeds", "0"] + main_flags)
     reused = {run["config"]: run["reused"] for run in again["runs"]}
-    assert reused == {"uniform8": False, "basic": True}
+    assert reused == {"uniform8": False, "basic_text": True}

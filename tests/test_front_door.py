@@ -386,8 +386,11 @@ def test_python_main_prints_one_line_and_exits_2(weight_files, tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_ends_with_one_line_and_a_valid_checkpoint(tmp_path):
     """SIGINT to the whole process group (as a terminal's Ctrl-C; the 2 DataLoader workers get it too)."""
+    # SIGINT's default disposition in the child, as under a terminal: a test session started in the
+    # background (`pytest &` without job control) passes SIGINT on as ignored, and Python, rightly,
+    # then installs no KeyboardInterrupt handler.
     proc = _python(*_run_flags(tmp_path, tmp_path / "synthetic", "run", "--epochs", "500", "--num_workers", "2"),
-                   start_new_session=True)
+                   start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     latest = tmp_path / "run" / checkpoint.LATEST
     deadline = time.monotonic() + 240
     while not latest.exists() and proc.poll() is None and time.monotonic() < deadline:

@@ -18,8 +18,9 @@ fine-tuning budget on that condition's clips (`--epochs`, `--batch_size`, `--fin
     basic_distinct    the same, taught frame distinctiveness                       (8)
     basic_none        the same without the auxiliary loss (the gate alone)         (8)
 
-(selectable with `--configs`, not run by default: basic_mix, taught both teachers (standardised and
-summed); simple 48 -> 8 with SimpleTempMe and the default teacher; uniform8_merge and basic_merge, the same with `--token_merge frame`; adaptive
+(selectable with `--configs`, not run by default: basic_mix, taught both teachers (standardised
+and summed); simple, 48 -> 8 with SimpleTempMe and the default teacher; uniform8_merge and
+basic_merge, uniform8 and basic with the default teacher plus `--token_merge frame`; adaptive,
 48 -> [4, 12]; uniform48).
 Reported per condition: test t2v / v2t R@1 and R@5 over seeds (mean, std), the per-seed paired
 difference of each configuration against uniform8 with a 95% bootstrap interval over seeds, the

@@ -21,13 +21,13 @@ from torch.nn.parallel import DistributedDataParallel
 
 import dataloaders
 import params
-from modules import checkpoint, distributed, logger, optim
-from modules.errors import Interrupted, UserError, one_line
-from modules.evaluate import evaluate
-from modules.factory import build_loss, build_trained_model
-from modules.precision import build_scaler, resolve_precision
+from engine import checkpoint, distributed, logger, optim
+from engine.evaluate import evaluate
+from engine.factory import build_loss, build_trained_model
+from engine.precision import build_scaler, resolve_precision
+from engine.train import Interrupted, train_one_epoch
+from modules.errors import UserError, one_line
 from modules.tokenization import tokenize
-from modules.train import train_one_epoch
 
 log = logging.getLogger("main")
 

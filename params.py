@@ -7,18 +7,22 @@ may be given bare (`--do_train` means `--do_train True`).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from dataloaders import DATASETS, DEFAULT_VAL_HOLDOUT
 from modules.clip import CLIP_CONFIGS
-from modules.clip4clip import VIDEO_OUTPUTS
-from modules.distributed import launch_rank
-from modules.loss import TEACHERS
-from modules.stop import PROMPT_GENERATORS
+from modules.clip4clip import PROMPT_MODES, VIDEO_OUTPUTS
+from modules.factory import ModelConfig
+from modules.loss import TEACHERS, LossConfig
+from modules.stop import PROMPT_GENERATORS, StopConfig
 from modules.tempme import TEMPME_TYPES, TempMeConfig
-from modules.token_merge import TOKEN_MERGE_MODES
+from modules.token_merge import TOKEN_MERGE_MODES, TokenMergeConfig
 
 CLIP_ARCHS = tuple(CLIP_CONFIGS)
+# `--dataset` choices; `dataloaders.PARSERS` reads each but "synthetic" (generated in MSR-VTT's layout).
+DATASETS = ("msrvtt", "msvd", "lsmdc", "activitynet", "didemo", "vatex", "synthetic")
+# The model configurations' defaults are the flags' defaults (written once, in the dataclasses).
+MODEL, STOP, TEMPME, MERGE, LOSS = ModelConfig(), StopConfig(), TempMeConfig(), TokenMergeConfig(), LossConfig()
 
 # `--demo` switches to these values for every flag the user did not give explicitly:
 # the synthetic dataset and a small random-init CLIP trained end-to-end on CPU.
@@ -88,7 +92,8 @@ class _Parser(argparse.ArgumentParser):
     `main` reports every other error the user can fix; under torchrun only rank 0 prints it."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        if launch_rank() == 0:
+        # Parsing precedes any process group: torchrun's RANK says who reports (rank 0).
+        if int(os.environ.get("RANK", "0")) == 0:
             print(f"error: {message} (python main.py --help lists the flags)", file=sys.stderr)
         raise SystemExit(2)
 
@@ -123,15 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", "--datatype", dest="dataset", choices=DATASETS, default="msrvtt",
                       help="--datatype is CLIP4Clip's name of this flag")
-    data.add_argument("--val_holdout", type=int, default=DEFAULT_VAL_HOLDOUT,
+    data.add_argument("--val_holdout", type=int, default=500,
                       help="MSR-VTT without MSRVTT_JSFUSION_val.csv, and ActivityNet: training videos held out of "
                            "training as the val split (at most a tenth, drawn with --seed); 0: val is the test "
                            "split, so the best epoch is chosen on test (the lineage protocol)")
     data.add_argument("--data_path", default=None, help="folder holding the annotation files")
     data.add_argument("--features_path", default=None, help="folder holding the videos")
     data.add_argument("--max_words", type=int, default=32, help="caption length in tokens, SOT/EOT included")
-    data.add_argument("--max_frames", type=int, default=12, help="frames per video reaching CLIP without TempMe")
-    data.add_argument("--image_size", type=int, default=224, help="frame side after resize + centre crop")
+    data.add_argument("--max_frames", type=int, default=TEMPME.max_frames, help="frames per video reaching CLIP without TempMe")
+    data.add_argument("--image_size", type=int, default=MODEL.image_size, help="frame side after resize + centre crop")
     data.add_argument("--video_backend", choices=("decord", "pyav"), default="decord",
                       help="video decoder (decord retries a file it cannot read with pyav)")
     data.add_argument("--num_workers", type=int, default=4, help="data loader worker processes per GPU")
@@ -162,63 +167,63 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--clip_init", choices=("pretrained", "random"), default="pretrained",
                        help="random: random-init CLIP of --clip_arch (demo, benchmarks, tests)")
     model.add_argument("--clip_arch", choices=CLIP_ARCHS, default="ViT-B/32", help="architecture for --clip_init random")
-    _add_bool(model, "--train_clip", False, "fine-tune CLIP itself (lr * coef_lr)")
-    model.add_argument("--prompt_mode", choices=("stop", "none"), default="stop",
+    _add_bool(model, "--train_clip", MODEL.train_clip, "fine-tune CLIP itself (lr * coef_lr)")
+    model.add_argument("--prompt_mode", choices=PROMPT_MODES, default=MODEL.prompt_mode,
                        help="none: plain CLIP4Clip meanP (zero-shot / baselines)")
-    model.add_argument("--video_output", choices=VIDEO_OUTPUTS, default="global_prompt0",
+    model.add_argument("--video_output", choices=VIDEO_OUTPUTS, default=MODEL.video_output,
                        help="video embedding with prompts: STOP's first global prompt or the mean of frame CLS tokens")
 
     stop = parser.add_argument_group("STOP prompts")
-    stop.add_argument("--prompt_generator", choices=PROMPT_GENERATORS, default="transformer",
+    stop.add_argument("--prompt_generator", choices=PROMPT_GENERATORS, default=STOP.prompt_generator,
                       help="module generating the per-frame prompts")
-    stop.add_argument("--num_global_prompts", type=int, default=4, help="video-level visual prompts")
-    stop.add_argument("--num_local_prompts", type=int, default=4, help="local visual prompts per frame")
-    stop.add_argument("--num_text_prompts", type=int, default=8, help="deep text prompts (half prefix, half postfix)")
-    _add_bool(stop, "--text_postfix_before_eot", False,
+    stop.add_argument("--num_global_prompts", type=int, default=STOP.num_global_prompts, help="video-level visual prompts")
+    stop.add_argument("--num_local_prompts", type=int, default=STOP.num_local_prompts, help="local visual prompts per frame")
+    stop.add_argument("--num_text_prompts", type=int, default=STOP.num_text_prompts, help="deep text prompts (half prefix, half postfix)")
+    _add_bool(stop, "--text_postfix_before_eot", STOP.text_postfix_before_eot,
               "ablation: place postfix text prompts before EOT so they can influence it")
-    _add_bool(stop, "--spatial_prompt", True, "intra-frame spatial prompts")
-    _add_bool(stop, "--temporal_prompt", True, "inter-frame temporal prompts")
-    stop.add_argument("--spatial_topk", type=int, default=6, help="patches selected per frame")
-    stop.add_argument("--prompt_scale", type=float, default=0.05, help="scale of the spatial/temporal prompts")
-    stop.add_argument("--spatial_dropout", type=float, default=0.5, help="dropout of the spatial prompt module")
-    _add_bool(stop, "--adapter", True, "bottleneck adapters in every block of both towers")
-    stop.add_argument("--adapter_dim", type=int, default=32, help="adapter bottleneck width")
-    stop.add_argument("--adapter_scale", type=float, default=0.1, help="adapter output scale")
+    _add_bool(stop, "--spatial_prompt", STOP.spatial_prompt, "intra-frame spatial prompts")
+    _add_bool(stop, "--temporal_prompt", STOP.temporal_prompt, "inter-frame temporal prompts")
+    stop.add_argument("--spatial_topk", type=int, default=STOP.spatial_topk, help="patches selected per frame")
+    stop.add_argument("--prompt_scale", type=float, default=STOP.prompt_scale, help="scale of the spatial/temporal prompts")
+    stop.add_argument("--spatial_dropout", type=float, default=STOP.spatial_dropout, help="dropout of the spatial prompt module")
+    _add_bool(stop, "--adapter", STOP.adapter, "bottleneck adapters in every block of both towers")
+    stop.add_argument("--adapter_dim", type=int, default=STOP.adapter_dim, help="adapter bottleneck width")
+    stop.add_argument("--adapter_scale", type=float, default=STOP.adapter_scale, help="adapter output scale")
 
     tempme = parser.add_argument_group("TempMe frame compression")
-    _add_bool(tempme, "--use_tempme", False, "compress frames with TempMe before CLIP")
-    tempme.add_argument("--tempme_type", choices=TEMPME_TYPES, default="simple",
+    _add_bool(tempme, "--use_tempme", TEMPME.enabled, "compress frames with TempMe before CLIP")
+    tempme.add_argument("--tempme_type", choices=TEMPME_TYPES, default=TEMPME.type,
                         help="simple: keep a ratio of --max_frames; basic: --tempme_input_frames -> "
                              "--tempme_output_frames; adaptive: a content-dependent count")
-    tempme.add_argument("--tempme_compression_ratio", type=float, default=0.75,
+    tempme.add_argument("--tempme_compression_ratio", type=float, default=TEMPME.compression_ratio,
                         help="simple: fraction of frames KEPT, in (0, 1]; 1.0 = no compression, lower = faster")
-    tempme.add_argument("--tempme_hidden_dim", type=int, default=256,
+    tempme.add_argument("--tempme_hidden_dim", type=int, default=TEMPME.hidden_dim,
                         help="compressor feature/transformer width (lower it on out-of-memory)")
-    tempme.add_argument("--tempme_input_frames", type=int, default=32, help="basic: frames loaded")
-    tempme.add_argument("--tempme_output_frames", type=int, default=12, help="basic: frames kept")
-    tempme.add_argument("--tempme_num_layers", type=int, default=2, help="basic: transformer layers")
-    tempme.add_argument("--tempme_max_input_frames", type=int, default=48, help="adaptive: frames loaded")
-    tempme.add_argument("--tempme_min_output_frames", type=int, default=8, help="adaptive: fewest frames kept")
-    tempme.add_argument("--tempme_max_output_frames", type=int, default=16, help="adaptive: most frames kept")
+    tempme.add_argument("--tempme_input_frames", type=int, default=TEMPME.input_frames, help="basic: frames loaded")
+    tempme.add_argument("--tempme_output_frames", type=int, default=TEMPME.output_frames, help="basic: frames kept")
+    tempme.add_argument("--tempme_num_layers", type=int, default=TEMPME.num_layers, help="basic: transformer layers")
+    tempme.add_argument("--tempme_max_input_frames", type=int, default=TEMPME.max_input_frames, help="adaptive: frames loaded")
+    tempme.add_argument("--tempme_min_output_frames", type=int, default=TEMPME.min_output_frames, help="adaptive: fewest frames kept")
+    tempme.add_argument("--tempme_max_output_frames", type=int, default=TEMPME.max_output_frames, help="adaptive: most frames kept")
     tempme.add_argument("--tempme_lr", type=float, default=1e-3, help="learning rate of the compressor")
-    tempme.add_argument("--tempme_aux_weight", type=float, default=1.0,
+    tempme.add_argument("--tempme_aux_weight", type=float, default=LOSS.aux_weight,
                         help="weight of the auxiliary loss teaching the compressor's frame scores the teacher's "
                              "view of every input frame (0 = off)")
-    tempme.add_argument("--tempme_teacher", choices=TEACHERS, default="text",
+    tempme.add_argument("--tempme_teacher", choices=TEACHERS, default=LOSS.teacher,
                         help="auxiliary targets: text = how surely a frame picks out its own caption among the "
                              "batch's; distinct = how unlike the rest of its video a frame is (chases outliers "
                              "such as cuts and flashes); mix = both")
-    tempme.add_argument("--tempme_teacher_share", type=float, default=0.25,
+    tempme.add_argument("--tempme_teacher_share", type=float, default=LOSS.teacher_share,
                         help="share of each training batch whose input frames the model embeds one by one for "
                              "the teacher (no gradient); the teacher's cost is this share of a pass over every "
                              "input frame")
 
     merge = parser.add_argument_group("token merging inside the ViT (docs/token_merge.md)")
-    merge.add_argument("--token_merge", choices=TOKEN_MERGE_MODES, default="none",
+    merge.add_argument("--token_merge", choices=TOKEN_MERGE_MODES, default=MERGE.mode,
                        help="frame: merge similar patch tokens inside each frame in the first 2/3 of the ViT's "
                             "blocks; clip: frame, then merge across groups of neighbouring frames (the "
                             "published TempMe schedule, with learned temporal embeddings)")
-    merge.add_argument("--token_merge_r", type=int, default=2,
+    merge.add_argument("--token_merge_r", type=int, default=MERGE.r,
                        help="tokens merged per block and frame in the frame phase at ViT-B/32's geometry "
                             "(49 patches, 8 blocks); other ViTs merge the same share: round(r*P/49*8/blocks)")
 
@@ -237,36 +242,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    positive = ("max_words", "max_frames", "image_size", "batch_size", "batch_size_val", "epochs",
-                "gradient_accumulation_steps", "adapter_dim",
-                "num_local_prompts", "num_global_prompts", "spatial_topk", "max_nonfinite_steps",
-                "synthetic_num_videos", "synthetic_num_test_videos", "synthetic_num_frames",
+    """Ranges of the engine's and the data's flags; the model's and the loss's flags are checked by
+    their configurations (`ModelConfig.validate`, `LossConfig.validate`), at parse time."""
+    positive = ("max_words", "batch_size", "batch_size_val", "epochs", "gradient_accumulation_steps",
+                "max_nonfinite_steps", "synthetic_num_videos", "synthetic_num_test_videos", "synthetic_num_frames",
                 "synthetic_resolution")
     for name in positive:
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.token_merge_r < 0:
-        parser.error(f"--token_merge_r must be >= 0 (0: no per-frame merging), got {args.token_merge_r}")
     for name in ("num_workers", "val_holdout", "synthetic_distractor_frames"):
         if getattr(args, name) < 0:
             parser.error(f"--{name} must be >= 0, got {getattr(args, name)}")
-    if args.num_text_prompts < 0 or args.num_text_prompts % 2:
-        parser.error(f"--num_text_prompts must be an even number >= 0 (half prefix, half postfix), "
-                     f"got {args.num_text_prompts}")
     if args.max_words < 2:
         parser.error(f"--max_words must be >= 2 (SOT and EOT), got {args.max_words}")
     for name in ("lr", "tempme_lr"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name} must be > 0, got {getattr(args, name)}")
-    if args.tempme_aux_weight < 0:
-        parser.error(f"--tempme_aux_weight must be >= 0 (0 turns the auxiliary loss off), "
-                     f"got {args.tempme_aux_weight}")
-    for name in ("warmup_proportion", "spatial_dropout", "synthetic_event_fraction", "tempme_teacher_share"):
+    for name in ("warmup_proportion", "synthetic_event_fraction"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             parser.error(f"--{name} must be in [0, 1], got {getattr(args, name)}")
-    if args.use_tempme:
+    for config in (ModelConfig, LossConfig):
         try:
-            TempMeConfig.from_flags(args).validate()   # the compressor's own checks, at parse time
+            config.from_flags(args).validate()
         except ValueError as exc:
             parser.error(str(exc))
     if args.resume == "auto" and args.run_name is None and args.output_dir is None:
@@ -291,9 +288,3 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
         args = parser.parse_args(argv)
     _validate(parser, args)
     return args
-
-
-def num_input_frames(args: argparse.Namespace) -> int:
-    """Frames the data loader reads per video: what TempMe (if on) takes as input, else what
-    CLIP sees (`TempMeConfig.num_input_frames`)."""
-    return TempMeConfig.from_flags(args).num_input_frames

@@ -27,7 +27,7 @@ Public API
     DistributedSampler (no shuffle, padded by repetition, so gather by `caption_index` /
     `video_index`), else None. `args.batch_size` is the global train batch.
 `make_reader(args) -> VideoReader` reads T frames of S px as the flags say (what every split uses).
-`VideoReader`, `normalize_video`, `CLIP_MEAN`, `CLIP_STD` from `video_reader.py`.
+`VideoReader`, `VideoReadError` from `video_reader.py`.
 """
 from __future__ import annotations
 
@@ -47,18 +47,17 @@ from modules.tempme import TempMeConfig
 
 from . import activitynet, didemo, lsmdc, msrvtt, msvd, synthetic, vatex
 from .base import Annotations, RetrievalDataset, Tokenizer, layout_hint, video_file_index
-from .video_reader import CLIP_MEAN, CLIP_STD, VideoReader, VideoReadError, normalize_video
+from .video_reader import VideoReader, VideoReadError
 
-__all__ = ["DATASETS", "DEFAULT_VAL_HOLDOUT", "EpochSampler", "build_dataset", "build_dataloader", "make_loader",
-           "make_reader", "RetrievalDataset", "VideoReader", "VideoReadError", "normalize_video", "CLIP_MEAN",
-           "CLIP_STD", "PARSERS"]
+__all__ = ["EpochSampler", "build_dataset", "build_dataloader", "make_loader", "make_reader", "RetrievalDataset",
+           "VideoReader", "VideoReadError", "PARSERS"]
 
 logger = logging.getLogger("dataloaders")
 SPLITS = ("train", "val", "test")
+# The parser of each `--dataset` choice (params.DATASETS) but "synthetic", which is generated in
+# MSR-VTT's layout and read by its parser.
 PARSERS = {"msrvtt": msrvtt, "msvd": msvd, "lsmdc": lsmdc, "activitynet": activitynet,
            "didemo": didemo, "vatex": vatex}
-DATASETS = (*PARSERS, "synthetic")
-DEFAULT_VAL_HOLDOUT = 500  # training videos held out as val where a dataset has no val file
 
 
 def dataset_folders(args: argparse.Namespace) -> tuple[str, str]:
@@ -192,20 +191,25 @@ def make_loader(dataset: Dataset, args: argparse.Namespace, train: bool) -> tupl
     (no shuffle) under torch.distributed, else None (in order)."""
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     world = torch.distributed.get_world_size() if distributed else 1
+    rank = torch.distributed.get_rank() if distributed else 0
     if train:
         if args.batch_size % world:
             raise UserError(f"--batch_size {args.batch_size} (global) must be divisible by the number of "
                             f"processes ({world}): pick a multiple of {world}")
         batch_size = args.batch_size // world
-        sampler = EpochSampler(dataset, world, torch.distributed.get_rank() if distributed else 0, args.seed)
+        sampler = EpochSampler(dataset, world, rank, args.seed)
     else:
         batch_size = args.batch_size_val
         sampler = DistributedSampler(dataset, shuffle=False, drop_last=False) if distributed else None
     # Training drops the ragged last batch, unless the dataset holds no full batch at all.
     drop_last = train and len(dataset) // world >= batch_size
+    # The loader's own generator: each new iterator draws its workers' base seed from it, never from
+    # the global RNG, which a resumed run restores (dropout must continue its stream exactly; a run
+    # that goes on reuses its persistent workers and draws nothing).
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
                         num_workers=args.num_workers, pin_memory=torch.cuda.is_available(),
-                        persistent_workers=train and args.num_workers > 0, worker_init_fn=init_worker)
+                        persistent_workers=train and args.num_workers > 0, worker_init_fn=init_worker,
+                        generator=torch.Generator().manual_seed(args.seed + rank))
     return loader, sampler
 
 

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 import params
 from modules.errors import UserError, one_line
+
 from . import PARSERS, build_dataset, dataset_folders, msrvtt
 from .base import RetrievalDataset
 

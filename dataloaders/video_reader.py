@@ -1,9 +1,9 @@
-"""Decoding the sampled frames of one video file, plus CLIP normalisation for the device side.
+"""Decoding the sampled frames of one video file.
 
 `VideoReader.read(path, train=...)` returns uint8 frames `[T, 3, S, S]` and a mask `[T]`
 (1 = real frame). Only the sampled frames are converted to RGB; the resize (short side to S,
 bicubic, antialiased) and the centre crop run on uint8. Normalisation is left to the model
-(`normalize_video`, on the accelerator): uint8 is 4x less host work and host-to-device transfer.
+(`modules.clip.normalize_video`, on the accelerator): uint8 is 4x less host work and host-to-device transfer.
 
 Decoder objects are created per call, inside whichever process reads (a DataLoader worker):
 decord's reader must never be created in the parent before the workers fork (it deadlocks),
@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import os
 import random
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 BACKENDS = ("decord", "pyav")
 
 
@@ -29,18 +28,6 @@ class VideoReadError(RuntimeError):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
-
-
-def normalize_video(video: torch.Tensor) -> torch.Tensor:
-    """CLIP-normalise frames `[..., 3, H, W]` holding pixel values on the 0..255 scale.
-
-    uint8 input (as the loader returns it) gives float32; a floating input (e.g. `video.half()`
-    of the loader's output, still 0..255) keeps its dtype. Runs on the tensor's own device.
-    """
-    dtype = video.dtype if video.is_floating_point() else torch.float32
-    mean = torch.tensor(CLIP_MEAN, device=video.device, dtype=dtype).view(3, 1, 1) * 255.0
-    std = torch.tensor(CLIP_STD, device=video.device, dtype=dtype).view(3, 1, 1) * 255.0
-    return (video.to(dtype) - mean) / std
 
 
 def sample_frame_indices(num_video_frames: int, num_samples: int, random_offsets: bool,
@@ -83,7 +70,7 @@ class VideoReader:
         backend: "decord" (random access with `get_batch`; a file decord fails on is retried
             with PyAV) or "pyav" (sequential decode up to the last sampled frame; converts only
             the sampled frames).
-        num_frames: T, frames per video (`params.num_input_frames(args)`).
+        num_frames: T, frames per video (`TempMeConfig.num_input_frames` of the flags).
         image_size: S, output side after resize + centre crop.
         max_seconds: read only the first N seconds of each video (None: all of it).
     """

@@ -49,9 +49,25 @@ CLIP_CONFIGS: dict[str, dict[str, int]] = {
                     transformer_width=128, transformer_heads=2, transformer_layers=4),
 }
 
+# CLIP's pixel normalisation (what OpenAI's preprocessing applies after scaling to 0..1).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 INITIAL_LOGIT_SCALE = math.log(1 / 0.07)  # CLIP's initial temperature (ln of 1/0.07)
 # Entries of OpenAI's TorchScript state dict that are not parameters.
 _NON_PARAMETER_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+def normalize_video(video: torch.Tensor) -> torch.Tensor:
+    """CLIP-normalise frames `[..., 3, H, W]` holding pixel values on the 0..255 scale.
+
+    uint8 input (as the data loader returns it) gives float32; a floating input (e.g.
+    `video.half()` of the loader's output, still 0..255) keeps its dtype. Runs on the tensor's
+    own device, so the host ships uint8 (4x less work and transfer than float).
+    """
+    dtype = video.dtype if video.is_floating_point() else torch.float32
+    mean = torch.tensor(CLIP_MEAN, device=video.device, dtype=dtype).view(3, 1, 1) * 255.0
+    std = torch.tensor(CLIP_STD, device=video.device, dtype=dtype).view(3, 1, 1) * 255.0
+    return (video.to(dtype) - mean) / std
 
 
 class QuickGELU(nn.Module):
@@ -374,11 +390,6 @@ def load_clip_state_dict(path: str | os.PathLike, flag: str = "--clip_weights") 
     state_dict = _unwrap_state_dict(content)
     return {k.removeprefix("module."): v.float() for k, v in state_dict.items()
             if k.removeprefix("module.") not in _NON_PARAMETER_KEYS}
-
-
-def load_clip(path: str | os.PathLike, device: str | torch.device = "cpu") -> CLIP:
-    """Load CLIP weights from `path` (see `load_clip_state_dict`) into a float32 eval-mode model."""
-    return build_clip(load_clip_state_dict(path)).to(device)
 
 
 def random_clip_state_dict(arch: str, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""CLIP4Clip: the text and video towers of CLIP with STOP prompts and optional TempMe (DESIGN 4, 5).
+"""CLIP4Clip: the text and video towers of CLIP with STOP prompts and optional TempMe.
 
     video uint8 [B,T_in,3,H,W] --normalise--> tempme_compressor (optional) --> [B,T,3,H,W] + mask [B,T]
         --> STOP prompts (optional) --> CLIP ViT (token merging optional) --> video embedding [B,D]
@@ -17,13 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dataloaders.video_reader import normalize_video
-from modules.clip import CLIP
+from modules.clip import CLIP, normalize_video
 from modules.stop import StopPrompts
 from modules.token_merge import TokenMerger, merged_visual_forward
 
 MAX_LOGIT_SCALE = math.log(100.0)
 VIDEO_OUTPUTS = ("global_prompt0", "mean_cls")
+PROMPT_MODES = ("stop", "none")
 
 
 def masked_mean_of_normalized(frame_emb: torch.Tensor, video_mask: torch.Tensor) -> torch.Tensor:
@@ -47,34 +47,25 @@ class CLIP4Clip(nn.Module):
         video_output: with prompts, "global_prompt0" (STOP) or "mean_cls" (meanP of the
             prompted frame CLS tokens); without prompts the output is always meanP.
         train_clip: fine-tune CLIP itself.
-        teacher_share: in training, the share of each batch's videos (the first ceil(share * B))
-            for which `forward` also embeds every input frame (`frame_embeddings`), the teacher
-            of the auxiliary frame-selection loss (`modules.loss`); 0 = never. A share, not every
-            video, because those frames are what TempMe saves CLIP from.
         token_merger: token merging inside the ViT (`modules.token_merge`), or None. Its
             parameters (`clip` mode's temporal embeddings) train with the prompts.
     """
 
     def __init__(self, clip: CLIP, prompts: StopPrompts | None = None, tempme_compressor: nn.Module | None = None,
-                 video_output: str = "global_prompt0", train_clip: bool = False, teacher_share: float = 0.0,
+                 video_output: str = "global_prompt0", train_clip: bool = False,
                  token_merger: TokenMerger | None = None) -> None:
         super().__init__()
         if video_output not in VIDEO_OUTPUTS:
             raise ValueError(f"--video_output must be one of {', '.join(VIDEO_OUTPUTS)}, got {video_output!r}")
-        if not 0.0 <= teacher_share <= 1.0:
-            raise ValueError(f"--tempme_teacher_share must be in [0, 1], got {teacher_share}")
-        if teacher_share and tempme_compressor is None:
-            raise ValueError("a frame teacher needs a TempMe compressor to teach")
         self.clip = clip
         self.prompts = prompts
         self.tempme_compressor = tempme_compressor
         self.video_output = video_output
         self.train_clip = train_clip
-        self.teacher_share = teacher_share
         self.token_merger = token_merger
         for name, param in clip.named_parameters():  # adapters (STOP's, inside CLIP's blocks) always train
             param.requires_grad_(train_clip or ".adapter." in name)
-        self.clip.logit_scale.requires_grad_(False)  # DESIGN 4.9: temperature stays CLIP's
+        self.clip.logit_scale.requires_grad_(False)  # the temperature stays CLIP's (as in STOP)
 
     def train(self, mode: bool = True) -> "CLIP4Clip":
         """Frozen CLIP keeps eval-mode behaviour (dropout, norms) while the prompts train."""
@@ -144,8 +135,12 @@ class CLIP4Clip(nn.Module):
     @torch.no_grad()
     def frame_embeddings(self, video: torch.Tensor, video_mask: torch.Tensor) -> torch.Tensor:
         """Every real frame alone through the video tower (a one-frame video at its place in
-        time, no compressor), L2-normalised, no gradient: normalised `video [B, T, 3, H, W]`,
-        `video_mask [B, T]` -> `[B, T, D]` float32 (zeros at padded frames)."""
+        time, no compressor), L2-normalised, no gradient: `video [B, T, 3, H, W]` (uint8 or
+        normalised), `video_mask [B, T]` -> `[B, T, D]` float32 (zeros at padded frames). What
+        a frame-selection teacher judges each input frame by (`modules.loss`)."""
+        if not video.is_floating_point():
+            video = normalize_video(video)
+        video = video.to(self.clip.dtype)
         b, t = video_mask.shape
         real = video_mask > 0
         if not real.any():
@@ -170,19 +165,9 @@ class CLIP4Clip(nn.Module):
         """Both towers on one batch; `modules.loss.RetrievalLoss` turns the result into the loss.
 
         Returns {"text_emb" `[B, D]`, "video_emb" `[B, D]`, "logit_scale" (scalar, exp'd),
-        "video_mask" `[B, T']` (frames CLIP saw), "info" (the compressor's, or None)}; in
-        training with a teacher share also "teacher_frame_emb" `[B_t, T_in, D]`
-        (`frame_embeddings` of the first B_t = ceil(share * B) videos) and "input_mask" `[B_t, T_in]`.
+        "video_mask" `[B, T']` (frames CLIP saw), "info" (the compressor's, or None)}.
         """
-        if not video.is_floating_point():
-            video = normalize_video(video)  # once: the compressor and the teacher share it
         text_emb = self.get_text_output(input_ids, attention_mask)
         video_emb, mask_out, info = self.encode_video(video, video_mask)
-        outputs = {"text_emb": text_emb, "video_emb": video_emb, "logit_scale": self.logit_scale(),
-                   "video_mask": mask_out, "info": info}
-        if self.training and self.teacher_share > 0:
-            taught = math.ceil(self.teacher_share * video.shape[0])
-            outputs["teacher_frame_emb"] = self.frame_embeddings(video[:taught].to(self.clip.dtype),
-                                                                 video_mask[:taught])
-            outputs["input_mask"] = video_mask[:taught]
-        return outputs
+        return {"text_emb": text_emb, "video_emb": video_emb, "logit_scale": self.logit_scale(),
+                "video_mask": mask_out, "info": info}

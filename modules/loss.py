@@ -1,23 +1,39 @@
 """The training loss: symmetric InfoNCE over the global batch plus TempMe's frame-selection term.
 
-`RetrievalLoss()(model(input_ids, attention_mask, video, video_mask))` is what training
-minimises (`modules.factory.build_loss` builds it from the flags). Under torchrun the
+`RetrievalLoss(config)(model(input_ids, attention_mask, video, video_mask))` is what training
+minimises (`engine.factory.build_loss` builds it from the flags; the training step adds the
+frame-selection teacher's inputs). Under torchrun the
 embeddings are all-gathered, the local shard keeping its gradient, so every process computes
 the loss of the global batch.
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-
-from modules.distributed import all_gather_with_grad
 
 # Temperature turning standardised frame distinctiveness into `frame_score_loss` targets:
 # with 0.25 a frame 1 std more distinct than another gets e^4 (~55x) its target mass.
 AUX_TEMPERATURE = 0.25
+
+
+def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate `tensor` [N, ...] from every process along dim 0 -> [world*N, ...].
+
+    The local shard keeps its autograd graph (gathered copies from other ranks are constants),
+    so each process back-propagates the global-batch loss into its own samples only.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return tensor
+    gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, tensor.detach().contiguous())
+    gathered[dist.get_rank()] = tensor
+    return torch.cat(gathered, dim=0)
 
 
 def symmetric_infonce(text_emb: torch.Tensor, video_emb: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
@@ -81,51 +97,80 @@ def caption_relevance_targets(frame_emb: torch.Tensor, text_emb: torch.Tensor, l
 TEACHERS = ("distinct", "text", "mix")
 
 
+@dataclass
+class LossConfig:
+    """The frame-selection flags of the loss, their defaults the flags': `--tempme_aux_weight`
+    (`aux_weight`, 0 = no frame-selection term), `--tempme_teacher` (`teacher`) and
+    `--tempme_teacher_share` (`teacher_share`: the share of each batch's videos, the first
+    ceil(share * B), whose every input frame the model embeds for the teacher; a share, not every
+    video, because those frames are what TempMe saves CLIP from)."""
+    aux_weight: float = 1.0
+    teacher: str = "text"
+    teacher_share: float = 0.25
+
+    @classmethod
+    def from_flags(cls, flags: Any) -> "LossConfig":
+        """From any object carrying the flags as attributes."""
+        return cls(aux_weight=flags.tempme_aux_weight, teacher=flags.tempme_teacher,
+                   teacher_share=flags.tempme_teacher_share)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the flag for values the loss cannot use."""
+        if self.aux_weight < 0:
+            raise ValueError(f"--tempme_aux_weight must be >= 0 (0 turns the auxiliary loss off), got {self.aux_weight}")
+        if self.teacher not in TEACHERS:
+            raise ValueError(f"--tempme_teacher must be one of {', '.join(TEACHERS)}, got {self.teacher!r}")
+        if not 0.0 <= self.teacher_share <= 1.0:
+            raise ValueError(f"--tempme_teacher_share must be in [0, 1], got {self.teacher_share}")
+
+    def taught_videos(self, batch_size: int) -> int:
+        """How many of a batch's videos (the first ones) the teacher needs embedded frame by frame."""
+        return math.ceil(self.teacher_share * batch_size) if self.aux_weight > 0 else 0
+
+
 class RetrievalLoss(nn.Module):
     """Symmetric InfoNCE over the global batch, plus `aux_weight` x the frame-selection loss.
 
     The auxiliary term teaches the compressor's frame scores (`outputs["info"]["scores"]`)
-    about every input frame of the videos the model embedded frame by frame
-    (`outputs["teacher_frame_emb"]`, training with a teacher share): the straight-through gate
+    about every input frame of the first `config.taught_videos(B)` videos, which the training
+    step embeds frame by frame (`CLIP4Clip.frame_embeddings`) into `outputs["teacher_frame_emb"]`
+    `[B_t, T_in, D]` with their `outputs["input_mask"]` `[B_t, T_in]`: the straight-through gate
     only tells the compressor about frames it already selected. `teacher` picks the targets:
     "distinct" (`distinctiveness_targets`: frames unlike the rest of their video), "text"
     (`caption_relevance_targets`: frames that pick out their own caption, as a log-posterior) or
     "mix" (both standardised within the clip and summed: distinct and relevant frames first).
     """
 
-    def __init__(self, aux_weight: float = 0.0, teacher: str = "text", aux_temperature: float = AUX_TEMPERATURE) -> None:
+    def __init__(self, config: LossConfig | None = None, aux_temperature: float = AUX_TEMPERATURE) -> None:
         super().__init__()
-        if aux_weight < 0:
-            raise ValueError(f"--tempme_aux_weight must be >= 0, got {aux_weight}")
-        if teacher not in TEACHERS:
-            raise ValueError(f"--tempme_teacher must be one of {', '.join(TEACHERS)}, got {teacher!r}")
-        self.aux_weight = aux_weight
-        self.teacher = teacher
+        self.config = config or LossConfig(aux_weight=0.0)
+        self.config.validate()
         self.aux_temperature = aux_temperature
 
     def frame_targets(self, outputs: dict[str, Any]) -> torch.Tensor:
         """The teacher's target logits `[B_t, T_in]` for the taught videos of `outputs`."""
         frame_emb, mask = outputs["teacher_frame_emb"], outputs["input_mask"]
-        if self.teacher == "distinct":
+        teacher = self.config.teacher
+        if teacher == "distinct":
             return distinctiveness_targets(frame_emb, mask, self.aux_temperature)
         relevance = caption_relevance_targets(frame_emb, outputs["text_emb"], outputs["logit_scale"])
-        if self.teacher == "text":
+        if teacher == "text":
             return relevance
         # mix: on one scale, so an outlier's distinctiveness is cancelled by its irrelevance.
         return (distinctiveness_targets(frame_emb, mask, self.aux_temperature)
                 + standardised(relevance, mask) / self.aux_temperature)
 
     def forward(self, outputs: dict[str, Any], output_dict: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
-        """`outputs` of `CLIP4Clip.forward` -> the scalar loss, or with `output_dict`
-        {"contrastive", "frame_selection" (if computed), "loss"}."""
+        """`outputs` of `CLIP4Clip.forward` (plus the teacher's frame embeddings, see the class) ->
+        the scalar loss, or with `output_dict` {"contrastive", "frame_selection" (if computed), "loss"}."""
         losses = {"contrastive": symmetric_infonce(all_gather_with_grad(outputs["text_emb"]),
                                                    all_gather_with_grad(outputs["video_emb"]),
                                                    outputs["logit_scale"])}
         loss = losses["contrastive"]
-        if self.aux_weight > 0 and "teacher_frame_emb" in outputs:
+        if self.config.aux_weight > 0 and "teacher_frame_emb" in outputs:
             taught = outputs["teacher_frame_emb"].shape[0]
             losses["frame_selection"] = frame_score_loss(outputs["info"]["scores"][:taught],
                                                          self.frame_targets(outputs), outputs["input_mask"])
-            loss = loss + self.aux_weight * losses["frame_selection"]
+            loss = loss + self.config.aux_weight * losses["frame_selection"]
         losses["loss"] = loss
         return losses if output_dict else loss

@@ -1,4 +1,4 @@
-"""STOP: spatial-temporal prompting of a frozen CLIP (DESIGN.md section 4).
+"""STOP: spatial-temporal prompting of a frozen CLIP (CVPR 2025), as in the authors' reference code.
 
 `StopPrompts` (built from a `StopConfig`) is what `CLIP4Clip` holds: the prompt modules and the
 prompted forward passes of both towers. Its building blocks:
@@ -10,7 +10,7 @@ prompted forward passes of both towers. Its building blocks:
 - `Adapter`: the bottleneck adapter assigned to `ResidualAttentionBlock.adapter` in both towers.
 - `prompted_visual_forward` / `prompted_text_forward`: CLIP's own blocks run over the prompted
   token sequences (no second copy of the block), the visual one with the block-structured
-  attention of DESIGN 4.5 as a batch of short sequences.
+  attention (`block_attention`) as a batch of short sequences.
 
 Cost: every 3-D convolution of the prompts runs as an exact FFT convolution
 (`modules.fft_conv.same_conv3d`); the parameters stay `nn.Conv3d` modules. Below the reference's
@@ -21,7 +21,8 @@ output depends only on parameters and is cached while no gradient is recorded.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +33,7 @@ from modules.errors import UserError
 from modules.fft_conv import cached_when_frozen, same_conv3d
 from modules.token_merge import BlockStep, TokenMerger, Units, unit_attention_bias
 
-# Kernel sizes of the reference code's prompt networks (DESIGN 4.3 / 4.4), for 224 px frames.
+# Kernel sizes of the reference code's prompt networks (spatial and temporal), for 224 px frames.
 SPATIAL_KERNEL = (3, 11, 11)
 SCORER_KERNEL = (5, 11, 11)
 VARIATION_KERNEL = (5, 11, 11)
@@ -62,7 +63,7 @@ def _zero_masked_frames(x: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tens
 # --------------------------------------------------------------------------------------------
 
 class Adapter(nn.Module):
-    """Bottleneck d -> r -> d with PReLU, scaled: the block adds `scale * mlp(x)` (DESIGN 4.6).
+    """Bottleneck d -> r -> d with PReLU, scaled: the block adds `scale * mlp(x)`.
 
     x `[N, L, d]` -> `[N, L, d]`.
     """
@@ -89,7 +90,7 @@ def _init_attention(attn: Attention) -> None:
 
 
 class TransformerPromptGenerator(nn.Module):
-    """Unified prompt generator (`--prompt_generator transformer`, DESIGN 4.1).
+    """Unified prompt generator (`--prompt_generator transformer`).
 
     A table of `n_t + n_l * R` tokens per layer goes through one transformer block (the
     layers are its batch); the first `n_t` outputs pass an MLP to the text width. The output
@@ -176,7 +177,7 @@ def straight_through_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 class SpatialPrompt(nn.Module):
-    """Intra-frame spatial prompts in pixel space (DESIGN 4.3).
+    """Intra-frame spatial prompts in pixel space.
 
     forward(video `[B, T, 3, H, W]` normalised, video_mask `[B, T]`) ->
     (prompted video `[B, T, 3, H, W]`, patch mask `[B, T, P]`).
@@ -225,7 +226,7 @@ class SpatialPrompt(nn.Module):
 
 
 class TemporalPrompt(nn.Module):
-    """Inter-frame temporal prompts from the layer-0 patch tokens (DESIGN 4.4).
+    """Inter-frame temporal prompts from the layer-0 patch tokens.
 
     forward(patches `[B, T, P, W]` (after `ln_pre`), video_mask `[B, T]`, patch_mask `[B, T, P]`
     or None) -> prompts `[B, T, n_l, W]`, added to the local prompts of every layer.
@@ -281,15 +282,9 @@ class TemporalPrompt(nn.Module):
 # Prompted towers
 # --------------------------------------------------------------------------------------------
 
-def visual_sequence_length(num_frames: int, num_patches: int, num_global: int, num_local: int) -> int:
-    """Tokens of the prompted ViT: n_g global prompts + per frame [CLS, n_l local, P patches]
-    (4 + 54 T for ViT-B/32 with the defaults)."""
-    return num_global + num_frames * (1 + num_local + num_patches)
-
-
 def block_attention(num_global: int, num_frames: int, video_mask: torch.Tensor,
                     units: Units | None = None) -> AttentionCore:
-    """The attention of DESIGN 4.5 in the structure it has, for sequences laid out as
+    """STOP's block-structured visual attention in the structure it has, for sequences laid out as
     `[n_g global, frame 0 tokens, frame 1 tokens, ...]` (S tokens per frame).
 
     Frame tokens attend to the global prompts and their own frame: one SDPA over B*T short
@@ -381,7 +376,7 @@ def text_positions(input_ids: torch.Tensor, num_prompts: int, postfix_before_eot
 
 def prompted_text_forward(clip: CLIP, input_ids: torch.Tensor, text_prompts: torch.Tensor,
                           postfix_before_eot: bool) -> torch.Tensor:
-    """CLIP's text tower with deep prompts (DESIGN 4.2).
+    """CLIP's text tower with deep prompts.
 
     input_ids `[B, L]`, text_prompts `[Lyr, n_t, Wt]` (first half prefix) -> `[B, D]`.
     Positional embeddings are added to the words only; layer i's prompts replace the
@@ -411,9 +406,10 @@ PROMPT_GENERATORS = ("transformer", "linear")
 
 @dataclass
 class StopConfig:
-    """STOP's prompt modules (the flags of the "STOP prompts" group in `params.py`), plus
-    `prompt_frames`, rows of the per-frame prompt tables (the most frames that reach CLIP), and
-    `kernel_scale`, the frame side over 224 px (at most 1) that the prompt kernels shrink by."""
+    """STOP's prompt modules: each field `f` is the flag `--f` of the "STOP prompts" group (its
+    default is the flag's), plus `prompt_frames`, rows of the per-frame prompt tables (the most
+    frames that reach CLIP), and `kernel_scale`, the frame side over 224 px (at most 1) that the
+    prompt kernels shrink by; `modules.factory.build_model` derives those two."""
     prompt_generator: str = "transformer"
     num_global_prompts: int = 4
     num_local_prompts: int = 4
@@ -430,9 +426,37 @@ class StopConfig:
     prompt_frames: int = 12
     kernel_scale: float = 1.0
 
+    DERIVED = ("prompt_frames", "kernel_scale")  # not flags: `build_model` sets them
+
+    @classmethod
+    def from_flags(cls, flags: Any) -> "StopConfig":
+        """From any object carrying the flags as attributes (the derived fields keep their defaults)."""
+        return cls(**{f.name: getattr(flags, f.name) for f in fields(cls) if f.name not in cls.DERIVED})
+
+    def validate(self) -> None:
+        """Raise ValueError naming the flag for values no prompt module can be built from (the
+        bound of `--spatial_topk` depends on CLIP's patch grid and is checked when building)."""
+        if self.prompt_generator not in PROMPT_GENERATORS:
+            raise ValueError(f"--prompt_generator must be one of {', '.join(PROMPT_GENERATORS)}, "
+                             f"got {self.prompt_generator!r}")
+        for name in ("num_global_prompts", "num_local_prompts", "spatial_topk", "adapter_dim", "prompt_frames"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_text_prompts < 0 or self.num_text_prompts % 2:
+            raise ValueError(f"--num_text_prompts must be an even number >= 0 (half prefix, half postfix), "
+                             f"got {self.num_text_prompts}")
+        if self.prompt_generator == "linear" and self.num_text_prompts != 2 * self.num_local_prompts:
+            raise ValueError(f"--prompt_generator linear maps each local prompt to one prefix and one postfix "
+                             f"text prompt: --num_text_prompts ({self.num_text_prompts}) must be "
+                             f"2 x --num_local_prompts ({self.num_local_prompts})")
+        if not 0.0 <= self.spatial_dropout <= 1.0:
+            raise ValueError(f"--spatial_dropout must be in [0, 1], got {self.spatial_dropout}")
+        if not 0.0 < self.kernel_scale <= 1.0:
+            raise ValueError(f"kernel_scale must be in (0, 1], got {self.kernel_scale}")
+
 
 def add_adapters(clip: CLIP, dim: int, scale: float) -> None:
-    """Give every residual block of both towers a fresh bottleneck adapter (DESIGN 4.6)."""
+    """Give every residual block of both towers a fresh bottleneck adapter."""
     for tower in (clip.visual.transformer, clip.transformer):
         for block in tower.resblocks:
             block.adapter = Adapter(tower.width, dim, scale)
@@ -468,6 +492,7 @@ class StopPrompts(nn.Module):
 
     def __init__(self, config: StopConfig, clip: CLIP) -> None:
         super().__init__()
+        config.validate()
         visual, text = clip.visual, clip.transformer
         layers = max(text.layers, visual.transformer.layers)
         self.prompt_frames = config.prompt_frames
@@ -478,17 +503,10 @@ class StopPrompts(nn.Module):
                 num_text=config.num_text_prompts, num_local=config.num_local_prompts,
                 max_frames=config.prompt_frames, layers=layers, width=visual.width, text_width=text.width,
                 heads=visual.transformer.heads)
-        elif config.prompt_generator == "linear":
-            if config.num_text_prompts != 2 * config.num_local_prompts:
-                raise UserError(f"--prompt_generator linear maps each local prompt to one prefix and one postfix "
-                                 f"text prompt: --num_text_prompts ({config.num_text_prompts}) must be "
-                                 f"2 x --num_local_prompts ({config.num_local_prompts})")
+        else:
             self.prompt_generator = LinearPromptGenerator(
                 num_local=config.num_local_prompts, max_frames=config.prompt_frames, layers=layers,
                 width=visual.width, text_width=text.width, patch_size=visual.patch_size)
-        else:
-            raise ValueError(f"--prompt_generator must be one of {', '.join(PROMPT_GENERATORS)}, "
-                             f"got {config.prompt_generator!r}")
         self.global_prompts = nn.Parameter(torch.empty(1, config.num_global_prompts, visual.width))
         bound = math.sqrt(6.0 / (3 * visual.patch_size ** 2 + visual.width))  # the reference's init
         nn.init.uniform_(self.global_prompts, -bound, bound)

@@ -1,4 +1,4 @@
-"""TempMe: learned frame compressors that run on the raw video before CLIP (DESIGN.md section 5).
+"""TempMe: learned frame compressors that run on the raw video before CLIP.
 
 Every compressor maps `(video [B, T_in, C, H, W], video_mask [B, T_in])` to
 `(video_out [B, T_out, C, H, W], mask_out [B, T_out], info)`:
@@ -249,7 +249,7 @@ class SimpleTempMe(_TempMeBase):
     T_out keep all of them. `forward` contract: see the module docstring.
     """
 
-    def __init__(self, input_frames: int, compression_ratio: float, hidden_dim: int = 256,
+    def __init__(self, input_frames: int, compression_ratio: float, hidden_dim: int,
                  pool_size: int = 32, prior_scale: float = 1.0):
         super().__init__()
         self.compression_ratio = compression_ratio
@@ -285,8 +285,8 @@ class TempMeCompressor(_TempMeBase):
     available to it.
     """
 
-    def __init__(self, input_frames: int, output_frames: int, hidden_dim: int = 256,
-                 num_layers: int = 2, pool_size: int = 32, prior_scale: float = 1.0):
+    def __init__(self, input_frames: int, output_frames: int, hidden_dim: int,
+                 num_layers: int, pool_size: int = 32, prior_scale: float = 1.0):
         super().__init__()
         self.input_frames = input_frames
         self.output_frames = output_frames
@@ -370,7 +370,7 @@ class AdaptiveTempMe(_TempMeBase):
     """
 
     def __init__(self, input_frames: int, min_output_frames: int, max_output_frames: int,
-                 hidden_dim: int = 256, pool_size: int = 32, change_threshold: float = 0.1,
+                 hidden_dim: int, pool_size: int = 32, change_threshold: float = 0.1,
                  prior_scale: float = 1.0):
         super().__init__()
         self.input_frames = input_frames
@@ -409,7 +409,8 @@ class AdaptiveTempMe(_TempMeBase):
 @dataclass
 class TempMeConfig:
     """What `get_tempme_model` needs: the `--use_tempme` / `--tempme_*` flags (each field `f` is
-    the flag `--tempme_f`; `enabled` is `--use_tempme`) and `max_frames`, the input of `simple`.
+    the flag `--tempme_f`; `enabled` is `--use_tempme`) and `max_frames`, the input of `simple`;
+    their defaults are the flags'.
 
     Besides the compressor it answers how many frames the loader decodes per video
     (`num_input_frames`) and how many can reach CLIP (`max_output_frames`), so those numbers
@@ -434,7 +435,12 @@ class TempMeConfig:
         return cls(**{f.name: getattr(flags, names.get(f.name, f"tempme_{f.name}")) for f in fields(cls)})
 
     def validate(self) -> None:
-        """Raise ValueError naming the flag for values no compressor can be built from."""
+        """Raise ValueError naming the flag for values no compressor can be built from (the
+        `--tempme_*` values only matter, and are only checked, with `enabled`)."""
+        if self.max_frames < 1:
+            raise ValueError(f"--max_frames must be >= 1, got {self.max_frames}")
+        if not self.enabled:
+            return
         if self.type not in TEMPME_TYPES:
             raise ValueError(f"--tempme_type must be one of {', '.join(TEMPME_TYPES)}, got {self.type!r}")
         if not 0.0 < self.compression_ratio <= 1.0:
@@ -443,8 +449,6 @@ class TempMeConfig:
         for name in ("hidden_dim", "num_layers", "input_frames", "max_input_frames"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--tempme_{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_frames < 1:
-            raise ValueError(f"--max_frames must be >= 1, got {self.max_frames}")
         if not 1 <= self.output_frames <= self.input_frames:
             raise ValueError(f"--tempme_output_frames must be in [1, --tempme_input_frames="
                              f"{self.input_frames}], got {self.output_frames}")
@@ -470,6 +474,23 @@ class TempMeConfig:
         if self.type == "simple":
             return max(1, round(self.max_frames * self.compression_ratio))
         return self.output_frames if self.type == "basic" else self.max_output_frames
+
+    def describe(self) -> str:
+        """One line for the run's start-up block: type, frames loaded and kept, sizes."""
+        if not self.enabled:
+            return f"enabled=False frames={self.max_frames}"
+        parts = [f"enabled=True type={self.type}"]
+        if self.type == "simple":
+            parts.append(f"ratio={self.compression_ratio}")
+        parts.append(f"input_frames={self.num_input_frames}")
+        if self.type == "adaptive":
+            parts.append(f"output_frames={self.min_output_frames}-{self.max_output_frames} (min-max, per video)")
+        else:
+            parts.append(f"output_frames={self.num_output_frames}")
+        parts.append(f"hidden_dim={self.hidden_dim}")
+        if self.type == "basic":
+            parts.append(f"layers={self.num_layers}")
+        return " ".join(parts)
 
 
 def get_tempme_model(config: TempMeConfig | Any) -> _TempMeBase | None:

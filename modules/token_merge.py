@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -56,13 +56,20 @@ INTRA_SHARE = 0.1
 
 @dataclass
 class TokenMergeConfig:
-    """The `--token_merge` / `--token_merge_r` flags, and `max_frames`: the most frames that can
-    reach CLIP (rows of the temporal embeddings of `clip` mode)."""
+    """The `--token_merge` (`mode`) / `--token_merge_r` (`r`) flags, their defaults the flags',
+    and `max_frames`: the most frames that can reach CLIP (rows of the temporal embeddings of
+    `clip` mode; `modules.factory.build_model` derives it)."""
     mode: str = "none"
     r: int = 2
     max_frames: int = 12
 
+    @classmethod
+    def from_flags(cls, flags: Any) -> "TokenMergeConfig":
+        """From any object carrying the flags as attributes (`max_frames` keeps its default)."""
+        return cls(mode=flags.token_merge, r=flags.token_merge_r)
+
     def validate(self) -> None:
+        """Raise ValueError naming the flag for values no merger can be built from."""
         if self.mode not in TOKEN_MERGE_MODES:
             raise ValueError(f"--token_merge must be one of {', '.join(TOKEN_MERGE_MODES)}, got {self.mode!r}")
         if self.r < 0:

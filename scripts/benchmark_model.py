@@ -1,4 +1,4 @@
-"""Cost of the STOP visual path next to plain frozen CLIP on the same frames (DESIGN 9, issue 5).
+"""Cost of the STOP visual path next to plain frozen CLIP on the same frames.
 
 For one video of `--frames` frames (random CLIP of `--arch`, random pixels) it reports
 - GFLOPs of the visual path, counted with `torch.utils.flop_counter` (2 per multiply-add)
@@ -39,11 +39,16 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import params  # noqa: E402
-from modules.clip import CLIP_CONFIGS, build_clip, random_clip_state_dict  # noqa: E402
+from engine.factory import model_config  # noqa: E402
+from engine.optim import parameter_groups  # noqa: E402
 from modules import stop as stop_module  # noqa: E402
+from modules.clip import (  # noqa: E402
+    CLIP_CONFIGS,
+    build_clip,
+    normalize_video,  # noqa: E402
+    random_clip_state_dict,
+)
 from modules.factory import build_model  # noqa: E402
-from modules.optim import parameter_groups  # noqa: E402
-from dataloaders.video_reader import normalize_video  # noqa: E402
 
 aten = torch.ops.aten
 
@@ -153,7 +158,7 @@ def token_merge_table(arch: str, frames: int, device: torch.device, repeats: int
 
     def forward_of(flags: list[str]) -> tuple[torch.nn.Module, Callable[[], torch.Tensor]]:
         torch.manual_seed(0)
-        model = build_model(sd, params.get_args(base + flags)).to(device).eval()
+        model = build_model(sd, model_config(params.get_args(base + flags))).to(device).eval()
 
         def forward() -> torch.Tensor:
             with torch.no_grad():
@@ -229,7 +234,7 @@ def main(argv: list[str] | None = None) -> dict:
     sd = random_clip_state_dict(args.arch, seed=0)
     config = params.get_args(["--clip_init", "random", "--clip_arch", args.arch, "--image_size", str(resolution),
                               "--max_frames", str(args.frames)])
-    stop = build_model(sd, config).to(device)
+    stop = build_model(sd, model_config(config)).to(device)
     clip = build_clip(sd).to(device)
     video = torch.randint(0, 256, (1, args.frames, 3, resolution, resolution), dtype=torch.uint8, device=device)
     mask = torch.ones(1, args.frames, device=device)

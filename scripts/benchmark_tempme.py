@@ -39,11 +39,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engine.factory import build_loss, model_config  # noqa: E402
 from modules.clip import load_clip_state_dict, random_clip_state_dict  # noqa: E402
 from modules.clip4clip import CLIP4Clip  # noqa: E402
-from modules.factory import build_loss, build_model  # noqa: E402
-from scripts.benchmark_model import count_flops, time_ms, times_ms  # noqa: E402
+from modules.factory import build_model  # noqa: E402
 from params import get_args  # noqa: E402
+from scripts.benchmark_model import count_flops, time_ms, times_ms  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ def build_encoder(setting: Setting, clip_state: dict[str, torch.Tensor], base_fl
                   device: torch.device, autocast: Callable[[], contextlib.AbstractContextManager]) -> Encoder:
     config = get_args(base_flags + setting.flags())
     # Inference only; parameters without grad also keep FlopCounterMode's module hooks quiet.
-    model = build_model(clip_state, config).to(device).eval().requires_grad_(False)
+    model = build_model(clip_state, model_config(config)).to(device).eval().requires_grad_(False)
     video = benchmark_video(batch, setting.frames_in, config.image_size, device)
     mask = torch.ones(batch, setting.frames_in, dtype=torch.long, device=device)
 
@@ -177,8 +178,7 @@ def build_trainer(setting: Setting, clip_state: dict[str, torch.Tensor], base_fl
                   device: torch.device, autocast: Callable[[], contextlib.AbstractContextManager]) -> Trainer:
     config = get_args(base_flags + setting.flags())
     # The student step without the teacher; the teacher is timed alone and counted at its share.
-    model = build_model(clip_state, get_args(base_flags + setting.flags() + ["--tempme_teacher_share", "0"]))
-    model.to(device).train()
+    model = build_model(clip_state, model_config(config)).to(device).train()
     loss_fn = build_loss(config)
     video = benchmark_video(batch, setting.frames_in, config.image_size, device)
     mask = torch.ones(batch, setting.frames_in, dtype=torch.long, device=device)
@@ -197,7 +197,7 @@ def build_trainer(setting: Setting, clip_state: dict[str, torch.Tensor], base_fl
         with torch.no_grad(), autocast():
             return model.frame_embeddings(video, mask)
 
-    share = config.tempme_teacher_share if config.use_tempme and config.tempme_aux_weight > 0 else 0.0
+    share = loss_fn.config.teacher_share if loss_fn.config.aux_weight > 0 else 0.0
     return Trainer(step, teacher if share else None, share)
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 import os
-from fractions import Fraction
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from fractions import Fraction
 
 from tqdm import tqdm
 

@@ -1,4 +1,4 @@
-"""At equal CLIP cost, do learned frames beat uniform frames inside the whole STOP? (issue 13)
+"""At equal CLIP cost, do learned frames beat uniform frames inside the whole STOP?
 
 Synthetic 48-frame clips where every video carries a brief (2-3 frame) captioned event and its
 test partner differs from it only by that event, in two conditions:
@@ -63,9 +63,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dataloaders  # noqa: E402
 import params  # noqa: E402
-from dataloaders.video_reader import normalize_video  # noqa: E402
-from modules import checkpoint  # noqa: E402
-from modules.factory import build_trained_model  # noqa: E402
+from engine import checkpoint  # noqa: E402
+from engine.factory import build_trained_model  # noqa: E402
+from modules.clip import normalize_video  # noqa: E402
 from modules.tempme import uniform_frame_indices  # noqa: E402
 from modules.tokenization import tokenize  # noqa: E402
 

@@ -19,10 +19,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dataloaders import make_reader  # noqa: E402
-from modules.distributed import resolve_device  # noqa: E402
-from modules.search.index import build_index, load_index  # noqa: E402
-from modules.search.page import write_page  # noqa: E402
-from modules.search.query import SEARCH_BACKENDS, Hit, encode_texts, model_for_index, search  # noqa: E402
+from engine.distributed import resolve_device  # noqa: E402
+from search.index import build_index, load_index  # noqa: E402
+from search.page import write_page  # noqa: E402
+from search.query import SEARCH_BACKENDS, Hit, encode_texts, model_for_index, search  # noqa: E402
 
 log = logging.getLogger("video_search")
 

@@ -23,9 +23,9 @@ from PIL import Image, ImageDraw, ImageFont
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dataloaders import build_dataset  # noqa: E402
-from dataloaders.video_reader import normalize_video  # noqa: E402
+from engine.factory import build_trained_model  # noqa: E402
+from modules.clip import normalize_video  # noqa: E402
 from modules.clip4clip import CLIP4Clip  # noqa: E402
-from modules.factory import build_trained_model  # noqa: E402
 from modules.tokenization import tokenize  # noqa: E402
 from params import get_args  # noqa: E402
 

@@ -4,10 +4,16 @@ from __future__ import annotations
 import open_clip
 import pytest
 import torch
-
 from clip_archives import save_openai_archive, save_state_dict
-from modules.clip import CLIP, CLIP_CONFIGS, build_clip, clip_config_from_state_dict, load_clip, load_clip_state_dict, \
-    random_clip_state_dict
+
+from modules.clip import (
+    CLIP,
+    CLIP_CONFIGS,
+    build_clip,
+    clip_config_from_state_dict,
+    load_clip_state_dict,
+    random_clip_state_dict,
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +51,7 @@ def _assert_matches_reference(model, reference, resolution: int) -> None:
 @pytest.mark.parametrize("fp16", [True, False])
 def test_openai_archive_matches_reference(tiny_state_dict, tmp_path, fp16):
     path = save_openai_archive(tiny_state_dict, tmp_path / "ViT-tiny.pt", fp16=fp16)
-    model = load_clip(path)
+    model = build_clip(load_clip_state_dict(path))
     assert not model.training
     assert all(p.dtype == torch.float32 for p in model.parameters())
     _assert_matches_reference(model, _reference(path), CLIP_CONFIGS["tiny"]["image_resolution"])
@@ -75,7 +81,7 @@ def test_vit_b32_archive_matches_reference(tmp_path):
     """A full-size random ViT-B/32 in OpenAI's fp16 archive format, compared end to end."""
     state_dict = random_clip_state_dict("ViT-B/32", seed=1)
     path = save_openai_archive(state_dict, tmp_path / "ViT-B-32.pt", fp16=True)
-    model = load_clip(path)
+    model = build_clip(load_clip_state_dict(path))
     assert model.visual.num_patches == 49 and model.visual.width == 768
     _assert_matches_reference(model, _reference(path), 224)
 
@@ -98,7 +104,7 @@ def test_text_length_below_context_gives_same_features(tiny_state_dict):
 def test_missing_weights_file_names_path(tmp_path):
     missing = tmp_path / "nowhere" / "ViT-B-32.pt"
     with pytest.raises(FileNotFoundError) as err:
-        load_clip(missing)
+        load_clip_state_dict(missing)
     assert str(missing) in str(err.value) and "ViT-B-32.pt" in str(err.value)
 
 

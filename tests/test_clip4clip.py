@@ -1,4 +1,4 @@
-"""CLIP4Clip with STOP (modules/clip4clip.py, built by modules/factory.py): API, masking, batch
+"""CLIP4Clip with STOP (modules/clip4clip.py, built by modules/factory.py from the flags' configuration): API, masking, batch
 independence, gradients, the plain-CLIP baseline, the default parameter count and the TempMe
 integration."""
 from __future__ import annotations
@@ -8,13 +8,14 @@ import torch
 import torch.nn.functional as F
 
 import params
-from dataloaders.video_reader import normalize_video
-from modules.clip import build_clip, random_clip_state_dict
+from engine.factory import build_loss, model_config
+from engine.logger import parameter_summary
+from engine.optim import parameter_groups
+from engine.train import model_outputs
+from modules.clip import build_clip, normalize_video, random_clip_state_dict
 from modules.clip4clip import CLIP4Clip
-from modules.factory import build_loss, build_model
-from modules.logger import parameter_summary
-from modules.optim import parameter_groups
-from modules.stop import LinearPromptGenerator, prompt_rows, visual_sequence_length
+from modules.factory import build_model
+from modules.stop import LinearPromptGenerator, prompt_rows
 
 SIDE, WORDS = 64, 12   # the tiny CLIP: 64 px, patch 16 -> 16 patches per frame
 
@@ -31,7 +32,7 @@ def _args(*extra: str):
 
 def _model(sd, *extra: str) -> CLIP4Clip:
     torch.manual_seed(0)
-    return build_model(sd, _args(*extra))
+    return build_model(sd, model_config(_args(*extra)))
 
 
 def _loss(model: CLIP4Clip, *batch) -> torch.Tensor:
@@ -118,7 +119,7 @@ def test_frame_tokens_do_not_see_other_frames(tiny_sd):
         model.get_visual_output(video, mask)
         model.get_visual_output(changed, mask)
     n_g, s = 4, 1 + 4 + 16
-    assert seen[0].shape[1] == visual_sequence_length(3, 16, 4, 4)
+    assert seen[0].shape[1] == n_g + 3 * s          # 4 global prompts + per frame [CLS, 4 local, 16 patches]
     frames = [x[:, n_g:].view(1, 3, s, -1) for x in seen]
     torch.testing.assert_close(frames[0][:, :2], frames[1][:, :2])
     assert not torch.allclose(frames[0][:, 2], frames[1][:, 2])
@@ -193,8 +194,12 @@ def test_linear_generator_builds_and_validates(tiny_sd):
     model = _model(tiny_sd, "--prompt_generator", "linear").eval()
     emb, _ = model.get_visual_output(_video(1, 3), torch.ones(1, 3))
     assert emb.shape == (1, 128)
-    with pytest.raises(ValueError, match="num_text_prompts"):
-        _model(tiny_sd, "--prompt_generator", "linear", "--num_text_prompts", "4")
+    with pytest.raises(SystemExit):   # StopConfig's own check, at parse time
+        _args("--prompt_generator", "linear", "--num_text_prompts", "4")
+    config = model_config(_args("--prompt_generator", "linear"))
+    config.stop.num_text_prompts = 4
+    with pytest.raises(ValueError, match="num_text_prompts"):     # and when building from a configuration
+        build_model(tiny_sd, config)
     with pytest.raises(ValueError, match="image_size"):
         _model(tiny_sd, "--image_size", "224")
 
@@ -207,7 +212,7 @@ B32_TRAINABLE_LINEAR = 4_333_752
 @pytest.mark.slow
 def test_default_parameter_count_b32():
     sd = random_clip_state_dict("ViT-B/32", seed=0)
-    model = build_model(sd, params.get_args([]))
+    model = build_model(sd, model_config(params.get_args([])))
     count = sum(p.numel() for group in parameter_groups(model).values() for _, p in group)
     generator = sum(p.numel() for p in model.prompts.prompt_generator.parameters())
     linear = sum(p.numel() for p in LinearPromptGenerator(num_local=4, max_frames=12, layers=12, width=768,
@@ -244,17 +249,18 @@ def test_tempme_inside_clip4clip(tiny_sd, tempme_type, t_out):
     assert {n for n, _ in groups["tempme"]} == {f"tempme_compressor.{n}" for n, _ in compressor.named_parameters()}
     video, mask = _video(2, 4), torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 0.0]])
     ids = _ids(2)
-    outputs = model(ids, torch.ones_like(ids), video, mask)
+    loss_fn = build_loss(_args(*_tempme_args(tempme_type)))
+    assert "teacher_frame_emb" not in model(ids, torch.ones_like(ids), video, mask)   # the towers alone
+    outputs = model_outputs(model, loss_fn, [ids, torch.ones_like(ids), video, mask])  # the training step's
     assert outputs["info"]["indices"].shape[0] == 2
     assert outputs["teacher_frame_emb"].shape[:2] == (1, 4)          # ceil(0.25 * 2) videos taught
-    loss = build_loss(_args(*_tempme_args(tempme_type)))(outputs)
+    loss = loss_fn(outputs)
     assert torch.isfinite(loss)
     loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for _, p in groups["tempme"])
     model.eval()
     with torch.no_grad():
         emb, mask_out, info = model.encode_video(video, mask)
-        assert "teacher_frame_emb" not in model(ids, torch.ones_like(ids), video, mask)   # training only
     assert emb.shape == (2, 128) and torch.isfinite(emb).all()
     assert mask_out.shape[0] == 2 and mask_out.shape[1] <= t_out
     assert torch.equal(mask_out.sum(1), info["frames_kept"].to(mask_out.dtype))

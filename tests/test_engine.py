@@ -8,6 +8,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from argparse import Namespace
 from pathlib import Path
 
@@ -17,8 +18,9 @@ import torch
 from torch import nn
 
 import params
-from modules import checkpoint, optim
-from modules.train import NonFiniteLossError, train_one_epoch
+from engine import checkpoint, optim
+from engine.train import NonFiniteLossError, train_one_epoch
+from modules.loss import LossConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,11 +98,19 @@ def _batches(n: int, b: int = 4, seed: int = 0):
              "video_mask": torch.ones(b, 1, dtype=torch.long)} for _ in range(n)]
 
 
+class _OwnLoss:
+    """The toy model's output is its loss (no frame-selection teacher)."""
+    config = LossConfig(aux_weight=0.0)
+
+    def __call__(self, outputs: torch.Tensor) -> torch.Tensor:
+        return outputs
+
+
 def _run_epoch(model, batches, args, **kw):
     opt = optim.build_optimizer(model, args)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     steps = len(batches) // args.gradient_accumulation_steps
-    stats = train_one_epoch(model, lambda loss: loss, batches, opt, scaler, args, epoch=0, start_step=0, steps_per_epoch=steps,
+    stats = train_one_epoch(model, _OwnLoss(), batches, opt, scaler, args, epoch=0, start_step=0, steps_per_epoch=steps,
                             total_steps=steps, warmup_steps=0, device=torch.device("cpu"), precision="fp32", **kw)
     return stats, opt
 
@@ -251,7 +261,7 @@ def test_checkpoint_holds_trainable_tensors_only(single_run, synthetic_dir):
     ckpt = torch.load(run_dir / "latest.pt", map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["step"] == 2 and ckpt["args"]["run_name"] == "single"
     assert set(ckpt) >= {"model", "optimizer", "scaler", "rng", "schedule", "best_r1"}
-    from modules.factory import build_trained_model
+    from engine.factory import build_trained_model
     args = params.get_args(_run_flags(run_dir, synthetic_dir, "single"))
     model = build_trained_model(args)
     trainable = optim.trainable_names(model)
@@ -345,6 +355,39 @@ def test_killed_run_with_workers_and_tsn_resumes_like_an_uninterrupted_one(synth
     for key in ("train_loss", "metrics"):
         assert _flat({key: killed[1][key]}) == pytest.approx(_flat({key: whole[1][key]}), rel=1e-5), key
     assert _flat(killed[2]["metrics"]) == pytest.approx(_flat(whole[2]["metrics"]), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_run_killed_in_its_process_resumes_in_a_new_one_like_an_uninterrupted_run(synthetic_dir, tmp_path):
+    """SIGTERM to a real `python main.py` once epoch 1's latest.pt is written, then the same command
+    with `--resume auto` in a new process. The spatial prompt's dropout draws from the global RNG,
+    and 2 persistent workers load the data: every epoch the new process trains must end exactly as
+    in a run never interrupted (nothing the new process starts may draw from the restored RNG)."""
+    import main
+    extra = ("--spatial_prompt", "True", "--synthetic_num_videos", "16", "--synthetic_num_frames", "8",
+             "--batch_size", "4", "--epochs", "3", "--num_workers", "2", "--train_frame_sampling", "random",
+             "--expand_msrvtt_sentences", "False", "--resume", "auto")
+    main.main(_run_flags(tmp_path, synthetic_dir, "whole", *extra))
+    command = [sys.executable, str(REPO / "main.py"), *_run_flags(tmp_path, synthetic_dir, "killed", *extra)]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    first = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = tmp_path / "killed" / checkpoint.LATEST
+    deadline = time.monotonic() + 300
+    while not latest.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first.terminate()
+    first.wait(timeout=60)
+    done_before = len(_records(tmp_path / "killed"))
+    assert done_before < 3, "the first process finished before it could be killed"
+    subprocess.run(command, cwd=REPO, env=env, check=True, timeout=600, stdout=subprocess.DEVNULL)
+    whole, killed = _records(tmp_path / "whole"), _records(tmp_path / "killed")
+    assert [r["epoch"] for r in killed[:-1]] == [1, 2, 3] and killed[-1]["split"] == "test"
+    assert killed[-1]["epoch"] == whole[-1]["epoch"]                  # the same best epoch
+    for epoch in range(done_before, 3):      # the epochs the new process trained
+        for key in ("train_loss", "metrics"):
+            assert _flat({key: killed[epoch][key]}) == pytest.approx(_flat({key: whole[epoch][key]}), rel=1e-6), \
+                (epoch + 1, key)
+    assert _flat(killed[-1]["metrics"]) == pytest.approx(_flat(whole[-1]["metrics"]), rel=1e-6)
 
 
 def test_eval_only_with_init_model_reproduces_the_test_metrics(single_run, synthetic_dir, tmp_path):

@@ -1,4 +1,4 @@
-"""The front door (issue 14): every bad input ends as one line naming the file or flag, exit status 2,
+"""The front door: every bad input ends as one line naming the file or flag, exit status 2,
 no traceback; CLIP4Clip's flags; one run per run folder; val never the test split by default; Ctrl-C."""
 from __future__ import annotations
 
@@ -16,15 +16,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from clip_archives import save_openai_archive, save_state_dict
+from test_engine import _records, _run_flags, _tiny_flags
 from torch import nn
 
 import main
 import params
-from clip_archives import save_openai_archive, save_state_dict
 from dataloaders import build_dataset, synthetic
-from modules import checkpoint, clip, logger
+from engine import checkpoint, logger
+from modules import clip
 from modules.errors import MissingFileError, UserError
-from test_engine import _records, _run_flags, _tiny_flags
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from modules import metrics
-from modules.metrics import compute_dsl_metrics, compute_metrics
+from engine import metrics
+from engine.metrics import compute_dsl_metrics, compute_metrics
 
 
 def _close(got: dict, want: dict) -> None:

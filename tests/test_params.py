@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from params import DEMO_DEFAULTS, get_args, num_input_frames
+from modules.tempme import TempMeConfig
+from params import DEMO_DEFAULTS, get_args
 
 
 @pytest.mark.parametrize("text,value", [("True", True), ("false", False), ("1", True), ("0", False),
@@ -45,7 +46,10 @@ def test_demo_defaults_apply_but_explicit_flags_win():
 
 def test_frames_to_load_follow_tempme_type():
     base = ["--max_frames", "12", "--tempme_input_frames", "32", "--tempme_max_input_frames", "48"]
-    assert num_input_frames(get_args(base)) == 12
-    assert num_input_frames(get_args(base + ["--use_tempme", "True", "--tempme_type", "simple"])) == 12
-    assert num_input_frames(get_args(base + ["--use_tempme", "True", "--tempme_type", "basic"])) == 32
-    assert num_input_frames(get_args(base + ["--use_tempme", "True", "--tempme_type", "adaptive"])) == 48
+    def loaded(*extra: str) -> int:
+        return TempMeConfig.from_flags(get_args(base + list(extra))).num_input_frames
+
+    assert loaded() == 12
+    assert loaded("--use_tempme", "True", "--tempme_type", "simple") == 12
+    assert loaded("--use_tempme", "True", "--tempme_type", "basic") == 32
+    assert loaded("--use_tempme", "True", "--tempme_type", "adaptive") == 48

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import params
+from modules.tempme import TempMeConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = ("msrvtt", "msvd", "didemo", "activitynet", "vatex", "lsmdc", "eval_zeroshot")
@@ -69,7 +70,7 @@ def test_msrvtt_recipe_and_environment_switches(fake_torchrun):
     assert args.expand_msrvtt_sentences and args.weight_decay == 0.2 and args.precision == "amp_bf16"
     # basic: 32 frames loaded, round(32 * 0.6) = 19 kept.
     assert (args.tempme_input_frames, args.tempme_output_frames) == (32, 19)
-    assert params.num_input_frames(args) == 32
+    assert TempMeConfig.from_flags(args).num_input_frames == 32
     _, argv = run_script("msrvtt", fake_torchrun, {"TEMPME": "simple", "RATIO": "0.5"}, ("--epochs", "1"))
     args = params.get_args(argv)
     assert args.tempme_compression_ratio == 0.5 and args.epochs == 1   # extra flags reach main.py

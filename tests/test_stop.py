@@ -1,5 +1,5 @@
 """STOP building blocks (modules/stop.py, modules/fft_conv.py): exact FFT convolution, token layout, block attention,
-spatial/temporal prompts with the reference code's defects fixed (DESIGN 4.3/4.4), text layout."""
+spatial/temporal prompts with the reference code's defects fixed, text layout."""
 from __future__ import annotations
 
 import pytest
@@ -8,9 +8,18 @@ import torch.nn.functional as F
 
 from modules.clip import CLIP, CLIP_CONFIGS
 from modules.fft_conv import fast_fft_size, fft_conv3d, same_conv3d
-from modules.stop import (Adapter, LinearPromptGenerator, SpatialPrompt, TemporalPrompt, TransformerPromptGenerator,
-                          block_attention, prompted_text_forward, scaled_kernel, straight_through_topk,
-                          text_positions, visual_sequence_length)
+from modules.stop import (
+    Adapter,
+    LinearPromptGenerator,
+    SpatialPrompt,
+    TemporalPrompt,
+    TransformerPromptGenerator,
+    block_attention,
+    prompted_text_forward,
+    scaled_kernel,
+    straight_through_topk,
+    text_positions,
+)
 
 
 @pytest.mark.parametrize("c_in,c_out,kernel,shape", [
@@ -54,17 +63,8 @@ def test_fft_conv3d_rejects_non_same_convolution():
     assert fast_fft_size(234) == 240 and fast_fft_size(64) == 64 and fast_fft_size(7) == 8
 
 
-def test_visual_sequence_length_b32():
-    # DESIGN 4.5: 4 global + per frame [CLS, 4 local, 49 patches] = 4 + 54 T.
-    cfg = CLIP_CONFIGS["ViT-B/32"]
-    patches = (cfg["image_resolution"] // cfg["vision_patch_size"]) ** 2
-    for t in (1, 12, 16):
-        assert visual_sequence_length(t, patches, 4, 4) == 4 + 54 * t
-    assert visual_sequence_length(12, patches, 4, 4) == 652
-
-
 def _dense_reference_mask(n_g: int, t: int, s: int, video_mask: torch.Tensor) -> torch.Tensor:
-    """The DESIGN 4.5 mask written out token by token: [B, L, L], True = may attend."""
+    """STOP's visual attention mask written out token by token: [B, L, L], True = may attend."""
     b = video_mask.shape[0]
     length = n_g + t * s
     frame_of = [-1] * n_g + [i // s for i in range(t * s)]
@@ -194,7 +194,7 @@ def _temporal() -> TemporalPrompt:
 
 
 def test_temporal_prompt_is_per_video():
-    # DESIGN 4.4: the reference min-max normalised over the whole batch.
+    # The reference min-max normalised over the whole batch (a defect: videos then depend on each other).
     tp = _temporal()
     patches = torch.randn(3, 4, 16, 32)
     mask, pmask = torch.ones(3, 4), torch.zeros(3, 4, 16)
@@ -264,7 +264,7 @@ def test_text_layout_faithful_and_before_eot():
     assert before[0].tolist() == [0, 3, 4, 7, 8, 9, 1, 2, 5, 6]
     for pos in (faithful, before):   # a permutation of 0..L+n_t-1
         assert torch.equal(pos.sort(dim=1).values, torch.arange(10).expand(2, -1))
-    # max_words 32 with 8 prompts gives a 40-token sequence (DESIGN 4.2).
+    # max_words 32 with 8 prompts gives a 40-token sequence.
     assert text_positions(torch.zeros(1, 32, dtype=torch.long), 8, False).shape == (1, 40)
 
 

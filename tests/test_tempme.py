@@ -1,4 +1,4 @@
-"""TempMe compressors: the DESIGN.md section 5 contract, checked for each type on tiny inputs."""
+"""TempMe compressors: the `modules/tempme.py` contract, checked for each type on tiny inputs."""
 from __future__ import annotations
 
 import pytest
@@ -7,8 +7,14 @@ import torch
 import params
 from dataloaders.video_reader import sample_frame_indices
 from modules.loss import frame_score_loss
-from modules.tempme import (AdaptiveTempMe, SimpleTempMe, TempMeCompressor,
-                            get_tempme_model, uniform_frame_indices)
+from modules.tempme import (
+    AdaptiveTempMe,
+    SimpleTempMe,
+    TempMeCompressor,
+    TempMeConfig,
+    get_tempme_model,
+    uniform_frame_indices,
+)
 
 TYPES = ("simple", "basic", "adaptive")
 T_IN = 8
@@ -190,7 +196,7 @@ def test_factory_off_types_and_attributes():
     basic = get_tempme_model(params.get_args(["--use_tempme", "True", "--tempme_type", "basic",
                                               "--tempme_hidden_dim", "32"]))
     assert (basic.input_frames, basic.output_frames) == (32, 12)
-    assert params.num_input_frames(defaults) == simple.input_frames
+    assert TempMeConfig.from_flags(defaults).num_input_frames == simple.input_frames
 
 
 @pytest.mark.parametrize("field, value, flag", [

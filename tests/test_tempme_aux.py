@@ -1,5 +1,5 @@
 """The auxiliary TempMe loss (`--tempme_aux_weight`): `RetrievalLoss`'s frame-selection term on the
-frame teacher that `CLIP4Clip.forward` returns in training."""
+frame teacher's inputs that the training step adds to the model's outputs (`engine.train.model_outputs`)."""
 from __future__ import annotations
 
 import pytest
@@ -7,11 +7,12 @@ import torch
 import torch.nn.functional as F
 
 import params
-from modules.clip import random_clip_state_dict
+from engine.factory import build_loss, model_config
+from engine.train import model_outputs
+from modules.clip import normalize_video, random_clip_state_dict
 from modules.clip4clip import CLIP4Clip
-from modules.factory import build_loss, build_model
-from dataloaders.video_reader import normalize_video
-from modules.loss import RetrievalLoss, caption_relevance_targets, distinctiveness_targets
+from modules.factory import build_model
+from modules.loss import LossConfig, RetrievalLoss, caption_relevance_targets, distinctiveness_targets
 
 SIDE, WORDS, T_IN = 64, 12, 6
 
@@ -35,7 +36,7 @@ def _args(tempme_type: str, aux_weight: float, prompt_mode: str = "none"):
 
 def _model(sd, tempme_type: str, aux_weight: float, prompt_mode: str = "none") -> CLIP4Clip:
     torch.manual_seed(0)
-    return build_model(sd, _args(tempme_type, aux_weight, prompt_mode)).train()
+    return build_model(sd, model_config(_args(tempme_type, aux_weight, prompt_mode))).train()
 
 
 def _batch(b: int = 3):
@@ -56,7 +57,8 @@ def _score_head(model: CLIP4Clip) -> torch.Tensor:
 
 
 def _losses(model: CLIP4Clip, batch, aux_weight: float = 1.0) -> dict[str, torch.Tensor]:
-    return RetrievalLoss(aux_weight=aux_weight, teacher="distinct")(model(*batch), output_dict=True)
+    loss_fn = RetrievalLoss(LossConfig(aux_weight=aux_weight, teacher="distinct", teacher_share=1.0))
+    return loss_fn(model_outputs(model, loss_fn, list(batch)), output_dict=True)
 
 
 @pytest.mark.parametrize("tempme_type,prompt_mode", [("simple", "none"), ("basic", "none"), ("adaptive", "stop")])
@@ -64,27 +66,24 @@ def test_loss_is_plain_plus_weighted_aux_and_aux_reaches_scorer(tiny_sd, tempme_
     batch = _batch()
     plain = _model(tiny_sd, tempme_type, 0.0, prompt_mode)
     with_aux = _model(tiny_sd, tempme_type, 0.5, prompt_mode)
-    assert "teacher_frame_emb" not in plain(*batch)          # no teacher pass when the weight is 0
+    no_teacher = build_loss(_args(tempme_type, 0.0, prompt_mode))
+    assert "teacher_frame_emb" not in model_outputs(plain, no_teacher, list(batch))   # weight 0: no teacher pass
     losses = _losses(with_aux, batch, 0.5)
     aux = losses["frame_selection"]
     assert torch.isfinite(aux) and aux > 0
     (grad,) = torch.autograd.grad(aux, _score_head(with_aux), retain_graph=True)
     assert grad.abs().sum() > 0
     # Same initialisation: the only difference of the two losses is 0.5 * aux ...
-    plain_loss = build_loss(_args(tempme_type, 0.0, prompt_mode))(plain(*batch))
+    plain_loss = no_teacher(plain(*batch))
     torch.testing.assert_close(losses["loss"] - plain_loss, 0.5 * aux.detach(), rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(build_loss(_args(tempme_type, 0.5, prompt_mode))(with_aux(*batch)), losses["loss"])
+    flags_loss = build_loss(_args(tempme_type, 0.5, prompt_mode))
+    torch.testing.assert_close(flags_loss(model_outputs(with_aux, flags_loss, list(batch))), losses["loss"])
     # ... and with weight 0 the loss is the plain symmetric InfoNCE.
     text, video = plain.get_text_output(*batch[:2]), plain.get_visual_output(*batch[2:])[0]
     logits = plain.get_similarity_logits(text, video)
     labels = torch.arange(3)
     expected = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
     torch.testing.assert_close(plain_loss, expected, rtol=1e-5, atol=1e-6)
-    # Evaluation mode never adds the term.
-    with torch.no_grad():
-        assert "frame_selection" not in _losses(with_aux.eval(), batch, 0.5)
-        torch.testing.assert_close(_losses(with_aux, batch, 0.5)["loss"], _losses(plain.eval(), batch)["loss"],
-                                   rtol=1e-5, atol=1e-6)
 
 
 def test_aux_alone_teaches_the_distinct_frame(tiny_sd, monkeypatch):
@@ -98,17 +97,18 @@ def test_aux_alone_teaches_the_distinct_frame(tiny_sd, monkeypatch):
     mask[:] = 1
     dim = 8
 
-    def frame_embeddings(x: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:   # [B, T, 3, H, W] -> [B, T, D]
+    def frame_embeddings(x: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:   # normalised [B, T, 3, H, W] -> [B, T, D]
         bright = (x.mean((2, 3, 4)) > 1.0).float()[..., None]
         wobble = 0.1 * torch.randn(*x.shape[:2], dim, generator=torch.Generator().manual_seed(0))
         return torch.nn.functional.normalize(torch.eye(dim)[0] + 4 * bright * torch.eye(dim)[1] + wobble, dim=-1)
 
     monkeypatch.setattr(model, "frame_embeddings", frame_embeddings)
 
+    loss_fn = RetrievalLoss(LossConfig(aux_weight=1.0, teacher="distinct", teacher_share=1.0))
+
     def aux_and_info() -> tuple[torch.Tensor, dict]:
-        outputs = model(*batch)
-        loss = RetrievalLoss(aux_weight=1.0, teacher="distinct")(outputs, output_dict=True)["frame_selection"]
-        return loss, outputs["info"]
+        outputs = model_outputs(model, loss_fn, batch)
+        return loss_fn(outputs, output_dict=True)["frame_selection"], outputs["info"]
 
     first, info = aux_and_info()
     assert info["scores"][:, 3].lt(info["scores"].amax(1)).all()
@@ -127,7 +127,7 @@ def test_negative_weight_is_rejected():
     with pytest.raises(SystemExit):
         params.get_args(["--tempme_aux_weight", "-1"])
     with pytest.raises(ValueError, match="tempme_aux_weight"):
-        RetrievalLoss(aux_weight=-1.0)
+        RetrievalLoss(LossConfig(aux_weight=-1.0))
 
 
 def test_caption_relevance_is_the_frames_posterior_of_its_own_caption():
@@ -155,7 +155,7 @@ def test_text_teacher_prefers_the_telling_frame_where_distinctiveness_chases_the
     relevance = caption_relevance_targets(frames, captions, torch.tensor(30.0))
     assert relevance.argmax() == 2 and relevance[0, 4] < relevance[0, :4].min()
     outputs = {"teacher_frame_emb": frames, "input_mask": mask, "text_emb": captions, "logit_scale": torch.tensor(30.0)}
-    mix = RetrievalLoss(aux_weight=1.0, teacher="mix").frame_targets(outputs)
+    mix = RetrievalLoss(LossConfig(aux_weight=1.0, teacher="mix")).frame_targets(outputs)
     assert mix.argmax() == 2 and mix[0, 4] < mix[0, 2]            # distinct and relevant beats distinct only
 
 

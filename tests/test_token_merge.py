@@ -10,11 +10,22 @@ import torch
 import torch.nn.functional as F
 
 import params
+from engine.factory import build_loss, model_config
+from engine.optim import _no_decay_names, parameter_groups
 from modules.clip import CLIP, random_clip_state_dict
-from modules.factory import build_loss, build_model
-from modules.optim import _no_decay_names, parameter_groups
-from modules.token_merge import (MergeCount, TokenMergeConfig, TokenMerger, Units, frame_layers, group_units,
-                                 merge_patches, merge_plan, tokens_per_layer, unit_attention_bias)
+from modules.factory import build_model
+from modules.token_merge import (
+    MergeCount,
+    TokenMergeConfig,
+    TokenMerger,
+    Units,
+    frame_layers,
+    group_units,
+    merge_patches,
+    merge_plan,
+    tokens_per_layer,
+    unit_attention_bias,
+)
 
 SIDE = 64   # the tiny CLIP: 64 px, patch 16 -> 16 patches per frame, 4 blocks
 SMALL_STOP = ["--num_global_prompts", "2", "--num_local_prompts", "2", "--num_text_prompts", "2",
@@ -43,7 +54,7 @@ def _model(sd, *flags: str, frames: int = 4, side: int = SIDE, conv_prompts: boo
                             "--spatial_topk", "3", "--spatial_prompt", str(conv_prompts),
                             "--temporal_prompt", str(conv_prompts), *flags])
     torch.manual_seed(0)
-    return build_model(sd, args), args
+    return build_model(sd, model_config(args)), args
 
 
 def _video(b: int, t: int, side: int = SIDE, seed: int = 0) -> torch.Tensor:

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from dataloaders.synthetic import write_mp4
-from dataloaders.video_reader import (CLIP_MEAN, CLIP_STD, VideoReader, VideoReadError, normalize_video,
-                                      sample_frame_indices)
+from dataloaders.video_reader import VideoReader, VideoReadError, sample_frame_indices
+from modules.clip import CLIP_MEAN, CLIP_STD, normalize_video
 
 BACKENDS = ("decord", "pyav")
 

@@ -14,24 +14,24 @@ from urllib.parse import unquote
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from test_engine import _records, _run_flags
 
 import main
 import params
-from PIL import Image
-
 from dataloaders import build_dataset, make_reader
 from dataloaders.synthetic import write_mp4
-from dataloaders.video_reader import VideoReader, normalize_video
-from modules.checkpoint import load_clip_weights
-from modules.factory import build_trained_model, model_from_checkpoint
-from modules.search import index as search_index
-from modules.search import query as search_query
-from modules.search.index import build_index, load_index
-from modules.search.page import write_page
-from modules.search.query import Hit
+from dataloaders.video_reader import VideoReader
+from engine.checkpoint import load_clip_weights
+from engine.factory import build_trained_model, model_from_checkpoint
+from modules.clip import normalize_video
 from modules.tokenization import tokenize
 from scripts import video_search
-from test_engine import _records, _run_flags
+from search import index as search_index
+from search import query as search_query
+from search.index import build_index, load_index
+from search.page import write_page
+from search.query import Hit
 
 NUM_TEST_VIDEOS = 12
 DATA = ("--synthetic_num_test_videos", str(NUM_TEST_VIDEOS), "--synthetic_num_frames", "8")

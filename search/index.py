@@ -44,10 +44,10 @@ from tqdm import tqdm
 from dataloaders import make_loader, make_reader
 from dataloaders.base import VIDEO_EXTENSIONS
 from dataloaders.video_reader import VideoReader, VideoReadError
+from engine.distributed import resolve_device
+from engine.factory import model_from_checkpoint
+from engine.precision import autocast, resolve_precision
 from modules.clip4clip import CLIP4Clip
-from modules.distributed import resolve_device
-from modules.factory import model_from_checkpoint
-from modules.precision import autocast, resolve_precision
 
 log = logging.getLogger("video_search")
 

@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
-import params
-from modules import checkpoint, distributed
+from engine import checkpoint, distributed
 from modules.errors import UserError
+from modules.tempme import TempMeConfig
 
 _FORMAT = "%(asctime)s | %(levelname)s | %(message)s"
 _DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -142,7 +142,7 @@ def append_metrics(run_dir: str, record: dict[str, Any]) -> None:
 
 
 def format_metrics_table(title: str, result: dict[str, Any]) -> str:
-    """Readable table of an evaluation result (see `modules.evaluate.evaluate`)."""
+    """Readable table of an evaluation result (see `engine.evaluate.evaluate`)."""
     rows = [("t2v", result["metrics"]["t2v"]), ("v2t", result["metrics"]["v2t"])]
     if result.get("dsl"):
         rows += [("t2v DSL", result["dsl"]["t2v"]), ("v2t DSL", result["dsl"]["v2t"])]
@@ -184,24 +184,10 @@ def parameter_summary(model: nn.Module) -> str:
     return "\n".join(lines)
 
 
-def tempme_configuration(args: Namespace, compressor: nn.Module | None) -> str:
-    """The `TempMe Configuration: ...` start-up line: type, frames in/out, size of the compressor."""
-    if compressor is None:
-        return f"TempMe Configuration: enabled=False frames={args.max_frames}"
-    parts = [f"enabled=True type={args.tempme_type}"]
-    if args.tempme_type == "simple":
-        parts.append(f"ratio={args.tempme_compression_ratio}")
-    parts.append(f"input_frames={params.num_input_frames(args)}")
-    if args.tempme_type == "adaptive":
-        parts.append(f"output_frames={args.tempme_min_output_frames}-{args.tempme_max_output_frames} "
-                     f"(min-max, per video)")
-    else:
-        parts.append(f"output_frames={compressor.output_frames}")
-    parts.append(f"hidden_dim={args.tempme_hidden_dim}")
-    if args.tempme_type == "basic":
-        parts.append(f"layers={args.tempme_num_layers}")
-    parts.append(f"params={sum(p.numel() for p in compressor.parameters()):,}")
-    return "TempMe Configuration: " + " ".join(parts)
+def tempme_configuration(config: TempMeConfig, compressor: nn.Module | None) -> str:
+    """The `TempMe Configuration: ...` start-up line: what `config` says, and the compressor's size."""
+    size = f" params={sum(p.numel() for p in compressor.parameters()):,}" if compressor is not None else ""
+    return f"TempMe Configuration: {config.describe()}{size}"
 
 
 def format_startup(args: Namespace, run_dir: str, device: torch.device, precision: str, model: nn.Module,
@@ -216,10 +202,11 @@ def format_startup(args: Namespace, run_dir: str, device: torch.device, precisio
                          f"{len(dataset.video_ids)} videos")
     if datasets.get("val") is not None:
         lines.append(f"model selection (best epoch): {datasets['val'].val_protocol}")
-    lines.append(f"frames loaded per video: {params.num_input_frames(args)} at {args.image_size} px | "
+    tempme = TempMeConfig.from_flags(args)
+    lines.append(f"frames loaded per video: {tempme.num_input_frames} at {args.image_size} px | "
                  f"max words {args.max_words}")
     lines.append(parameter_summary(model))
-    lines.append(tempme_configuration(args, model.tempme_compressor))
+    lines.append(tempme_configuration(tempme, model.tempme_compressor))
     if model.token_merger is not None:
         lines.append("Token merge: " + model.token_merger.describe())
     return "\n".join(lines)

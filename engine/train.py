@@ -1,4 +1,5 @@
-"""One training epoch: forward, loss scaling for DDP and accumulation, clipping, AMP, skips.
+"""One training epoch: forward (with the frame-selection teacher's inputs), loss scaling for DDP
+and accumulation, clipping, AMP, skips.
 
 The loss (`modules.loss.RetrievalLoss` of the model's outputs) is the global-batch InfoNCE on
 every rank (features are all-gathered with the local shard keeping its gradient). DDP averages
@@ -12,19 +13,44 @@ import logging
 import math
 import time
 from argparse import Namespace
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from modules import distributed, optim
-from modules.errors import UserError, interrupted_at
-from modules.precision import autocast
+from engine import distributed, optim
+from engine.precision import autocast
+from modules.clip import normalize_video
+from modules.errors import UserError
+from modules.loss import RetrievalLoss
 
 log = logging.getLogger(__name__)
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "video", "video_mask")
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during training: `epoch` is the epoch in progress (1-based), `step` the optimiser
+    steps completed. A KeyboardInterrupt, so anything that stops on Ctrl-C still does."""
+
+    def __init__(self, epoch: int, step: int):
+        super().__init__(f"interrupted at epoch {epoch} step {step}")
+        self.epoch = epoch
+        self.step = step
+
+
+@contextlib.contextmanager
+def interrupted_at(epoch: int, step: Callable[[], int]) -> Iterator[None]:
+    """Turn a Ctrl-C inside the block into `Interrupted(epoch, step())` (an inner, more precise
+    `Interrupted` passes through unchanged)."""
+    try:
+        yield
+    except Interrupted:
+        raise
+    except KeyboardInterrupt as exc:
+        raise Interrupted(epoch, step()) from exc
 
 
 class NonFiniteLossError(UserError, RuntimeError):
@@ -32,18 +58,35 @@ class NonFiniteLossError(UserError, RuntimeError):
     flags to change, so the run ends with that one line)."""
 
 
-def train_one_epoch(model: nn.Module, loss_fn: Callable[[Any], torch.Tensor], loader: Iterable[dict[str, Any]],
+def model_outputs(model: nn.Module, loss_fn: RetrievalLoss, inputs: list[torch.Tensor]) -> dict[str, Any]:
+    """The model's outputs for one batch (`input_ids`, `attention_mask`, `video`, `video_mask`), plus
+    what the loss's frame-selection teacher needs: every input frame of the first
+    `loss_fn.config.taught_videos(B)` videos embedded alone (`CLIP4Clip.frame_embeddings`, no
+    gradient) as "teacher_frame_emb", with their mask as "input_mask". `model` may be DDP-wrapped."""
+    input_ids, attention_mask, video, video_mask = inputs
+    if not video.is_floating_point():
+        video = normalize_video(video)  # once: the model and the teacher share it
+    outputs = model(input_ids, attention_mask, video, video_mask)
+    taught = loss_fn.config.taught_videos(video.shape[0])
+    if taught:
+        towers = model.module if isinstance(model, DistributedDataParallel) else model
+        outputs["teacher_frame_emb"] = towers.frame_embeddings(video[:taught], video_mask[:taught])
+        outputs["input_mask"] = video_mask[:taught]
+    return outputs
+
+
+def train_one_epoch(model: nn.Module, loss_fn: RetrievalLoss, loader: Iterable[dict[str, Any]],
                     optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler, args: Namespace, *, epoch: int, start_step: int,
                     steps_per_epoch: int, total_steps: int, warmup_steps: int, device: torch.device,
                     precision: str, nonfinite_in_a_row: int = 0) -> dict[str, Any]:
     """Run `steps_per_epoch` optimiser steps of `--gradient_accumulation_steps` batches each.
 
-    The loss of a batch is `loss_fn(model(input_ids, attention_mask, video, video_mask))`.
+    The loss of a batch is `loss_fn(model_outputs(model, loss_fn, batch inputs))`.
     Batches hold `input_ids`/`attention_mask` [B, L], `video` uint8 [B, T, 3, H, W],
     `video_mask` [B, T] (B = this process's share of `--batch_size`). A non-finite loss skips
     its optimiser step with a warning; `--max_nonfinite_steps` in a row raise NonFiniteLossError.
-    Ctrl-C raises `errors.Interrupted(epoch + 1, optimiser steps done)`.
+    Ctrl-C raises `Interrupted(epoch + 1, optimiser steps done)`.
     Returns {"loss", "lr" (per trainable group), "step", "steps", "skipped_steps", "samples_per_s", "bad_videos",
     "nonfinite_in_a_row"} (loss: mean over finite batches of the global-batch loss).
     """
@@ -71,7 +114,7 @@ def train_one_epoch(model: nn.Module, loss_fn: Callable[[Any], torch.Tensor], lo
             sync = contextlib.nullcontext() if last_in_window or not hasattr(model, "no_sync") else model.no_sync()
             with sync:
                 with autocast(precision, device):
-                    loss = loss_fn(model(*inputs))
+                    loss = loss_fn(model_outputs(model, loss_fn, inputs))
                 finite = distributed.all_reduce_number(0.0 if torch.isfinite(loss).item() else 1.0, "max") == 0
                 if finite:
                     scaler.scale(loss * world / accum).backward()

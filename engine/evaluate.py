@@ -16,9 +16,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from dataloaders import make_loader
-from modules import distributed
-from modules.metrics import compute_dsl_metrics, compute_metrics
-from modules.precision import autocast
+from engine import distributed
+from engine.metrics import compute_dsl_metrics, compute_metrics
+from engine.precision import autocast
 
 # Texts per similarity chunk: bounds the [chunk, Nv] block computed on the device at once.
 SIM_CHUNK = 1024

@@ -119,17 +119,3 @@ def all_gather_variable(tensor: torch.Tensor) -> torch.Tensor:
     gathered = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(gathered, padded.contiguous())
     return torch.cat([g[:n] for g, n in zip(gathered, sizes)], dim=0)
-
-
-def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate `tensor` [N, ...] from every process along dim 0 -> [world*N, ...].
-
-    The local shard keeps its autograd graph (gathered copies from other ranks are constants),
-    so each process back-propagates the global-batch loss into its own samples only.
-    """
-    if not is_distributed():
-        return tensor
-    gathered = [torch.empty_like(tensor) for _ in range(get_world_size())]
-    dist.all_gather(gathered, tensor.detach().contiguous())
-    gathered[get_rank()] = tensor
-    return torch.cat(gathered, dim=0)

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from modules import clip, distributed
+from engine import distributed
+from modules import clip
 from modules.errors import MissingFileError, UserError
 
 log = logging.getLogger(__name__)

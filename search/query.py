@@ -18,11 +18,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine.factory import model_from_checkpoint
+from engine.precision import autocast, resolve_precision
 from modules.clip4clip import CLIP4Clip
-from modules.factory import model_from_checkpoint
-from modules.precision import autocast, resolve_precision
-from modules.search.index import sha256_of
 from modules.tokenization import tokenize
+from search.index import sha256_of
 
 SEARCH_BACKENDS = ("auto", "exact", "faiss")
 FAISS_MIN_VIDEOS = 100_000   # --search auto uses faiss (when installed) from this index size on

@@ -15,7 +15,7 @@ import urllib.parse
 from PIL import Image
 
 from dataloaders.video_reader import VideoReader, VideoReadError
-from modules.search.query import Hit
+from search.query import Hit
 
 DISPLAY_SIZE = 112   # CSS pixels per frame in a strip
 STYLE = f"""

@@ -81,7 +81,10 @@ def _own_windows(meta: dict[str, Any], segment: float | None, stride: float | No
                  index_dir: str) -> tuple[float, float]:
     """The (segment, stride) of an existing index; refuses flags asking for other windows."""
     own = (meta["segment"], meta["stride"])
-    asked = (own[0] if segment is None else segment, own[1] if stride is None or segment == 0 else stride)
+    if segment is None and stride is None:
+        return own
+    asked = (own[0] if segment is None else segment,
+             stride if stride is not None else own[1] if segment is None else segment / 2)
     if asked != own:
         raise ValueError(f"--index {index_dir} holds windows of --segment {own[0]:g} --stride {own[1]:g}, not "
                          f"--segment {asked[0]:g} --stride {asked[1]:g}: leave both out to update it, or pass a "

@@ -35,6 +35,7 @@ from modules.clip4clip import CLIP4Clip
 from search import ann, legacy
 from search.encode import Encoded, Job, encode_windows
 from search.lock import index_lock
+from search.moments import clock
 from search.store import VERSION, FileEntry, FileProgress, IndexStore, NewWindow
 
 log = logging.getLogger("video_search")
@@ -240,9 +241,9 @@ def _encode(store: IndexStore, model: CLIP4Clip, args: Namespace, videos_dir: st
             if item.last:
                 encoded.append(entry.path)
                 bar.update()
+            bar.set_postfix(video=clock(video_seconds), committed=windows, refresh=False)
             if time.perf_counter() - last_commit > commit_seconds:
                 windows += pending.commit(store)
-                bar.set_postfix(windows=windows)
                 last_commit = time.perf_counter()
         windows += pending.commit(store)
     return {"encoded": encoded, "windows_encoded": windows, "seconds": time.perf_counter() - start,

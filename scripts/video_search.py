@@ -99,7 +99,16 @@ def as_json(query: str, moments: list[Moment]) -> dict:
                                          "score": m.score, "frames": m.best.frames_kept} for m in moments]}
 
 
+def _at_least(minimum: float, **flags: float | None) -> None:
+    """One line for a numeric flag below its minimum."""
+    for name, value in flags.items():
+        if value is not None and value < minimum:
+            raise SystemExit(f"error: --{name} must be >= {minimum:g}, got {value:g}")
+
+
 def run_index(opts: argparse.Namespace) -> dict:
+    _at_least(1, batch_size=opts.batch_size)
+    _at_least(0, num_workers=opts.num_workers, commit_seconds=opts.commit_seconds)
     summary = build_index(opts.checkpoint, opts.videos, opts.index, segment=opts.segment, stride=opts.stride,
                           device=opts.device, batch_size=opts.batch_size, num_workers=opts.num_workers,
                           clip_weights=opts.clip_weights, commit_seconds=opts.commit_seconds,
@@ -120,9 +129,7 @@ def run_index(opts: argparse.Namespace) -> dict:
 
 
 def run_query(opts: argparse.Namespace) -> list[list[Moment]]:
-    for flag, value in (("--top_k", opts.top_k), ("--per_file", opts.per_file)):
-        if value is not None and value < 1:
-            raise SystemExit(f"error: {flag} must be >= 1, got {value}")
+    _at_least(1, top_k=opts.top_k, per_file=opts.per_file)
     queries = opts.text or read_queries(opts.queries)
     store = open_index(opts.index)
     try:

@@ -162,11 +162,16 @@ class IndexStore:
                                     f"--index {index_dir}`")
         os.makedirs(os.path.join(index_dir, SHARDS), exist_ok=True)
         db = sqlite3.connect(path, isolation_level=None, timeout=60)   # transactions are explicit
-        db.execute("PRAGMA journal_mode = WAL")
-        db.execute("PRAGMA synchronous = FULL")   # a committed transaction survives a power cut
-        db.execute("PRAGMA foreign_keys = ON")
-        db.executescript(SCHEMA)
-        store = cls(index_dir, db)
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = FULL")   # a committed transaction survives a power cut
+            db.execute("PRAGMA foreign_keys = ON")
+            db.executescript(SCHEMA)
+            store = cls(index_dir, db)
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            raise ValueError(f"--index {index_dir}: {path} is not a readable index ({exc}): index into a new "
+                             f"folder") from exc
         version = store.meta.get("version", VERSION)
         if version != VERSION:
             raise ValueError(f"--index {index_dir} has manifest version {version}, this code reads version "

@@ -565,3 +565,13 @@ def test_query_flags_need_one_text_source(tmp_path):
         video_search.read_queries(str(tmp_path / "missing.txt"))
     (tmp_path / "q.txt").write_text("a red circle\n\n  a blue square  \n")
     assert video_search.read_queries(str(tmp_path / "q.txt")) == ["a red circle", "a blue square"]
+
+
+def test_bad_numbers_and_a_corrupt_index_end_in_one_line(tmp_path):
+    with pytest.raises(SystemExit, match="^error: --top_k must be >= 1, got 0$"):
+        video_search.main(["query", "--index", str(tmp_path), "--text", "a red circle", "--top_k", "0"])
+    with pytest.raises(SystemExit, match="^error: --batch_size must be >= 1, got 0$"):
+        video_search.main(["index", "--checkpoint", "c.pt", "--videos", "v", "--index", "i", "--batch_size", "0"])
+    (tmp_path / "index.sqlite").write_bytes(b"not a database " * 100)
+    with pytest.raises(SystemExit, match=r"^error: --index .* is not a readable index \(.*\): index into a new folder$"):
+        video_search.main(["query", "--index", str(tmp_path), "--text", "a red circle"])

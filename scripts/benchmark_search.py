@@ -7,11 +7,13 @@
 random unit vectors (100 windows per file) and times `search.query.search` (the 10 best moments of
 one query: ranking, manifest look-ups, merging) per query, exact and through the faiss graph
 (`search.ann`, built from the shards; skipped without faiss-cpu). Each backend runs in a process
-of its own, so its peak memory (ru_maxrss: the resident set, memory-mapped shard pages included)
-is its own; `baseline_mb` is that process's resident set before its first query (Python, torch,
-numpy). The first query is a warm-up (it loads the graph, and the shards into the page cache);
-latencies are medians over the other queries. recall@10 is the share of the exact 10 best windows
-the graph finds, on this run's queries. Data:
+of its own, so its peak memory (VmHWM: the peak resident set since it started, memory-mapped
+shard pages included) is its own; `baseline_mb` is that process's resident set before its first
+query (Python, torch, numpy), `load` the machine's load average then. The first query is a
+warm-up (it loads the graph, and the shards into the page cache); latencies are medians over the
+other queries. recall@10 is the share of the exact 10 best windows among the 10 best the graph
+gives when `search` asks it for the windows of 10 moments (160: the graph searches at least that
+deep), on this run's queries. Data:
 
 - `uniform`: windows and queries uniform on the sphere, no structure (the worst case for an
   approximate index: a query's nearest windows lie in no particular region);
@@ -28,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -50,7 +51,7 @@ from engine.factory import build_trained_model  # noqa: E402
 from engine.optim import trainable_names  # noqa: E402
 from search import ann  # noqa: E402
 from search.index import build_index  # noqa: E402
-from search.query import search, searcher  # noqa: E402
+from search.query import POOL_PER_MOMENT, search, searcher  # noqa: E402
 from search.store import FileProgress, IndexStore, NewWindow  # noqa: E402
 
 WINDOWS_PER_FILE = 100
@@ -112,7 +113,7 @@ def make_queries(kind: str, size: int, dim: int, count: int, seed: int) -> np.nd
 def measure(folder: str, backend: str, queries_file: str) -> dict[str, Any]:
     """In this process: latency of `search` per query and peak memory; the best 10 window ids."""
     queries = np.load(queries_file)
-    baseline = _rss_mb()
+    baseline = _status_mb("VmRSS")
     store = IndexStore.open(folder)
     start = time.perf_counter()
     top_k = searcher(store, backend)
@@ -122,15 +123,18 @@ def measure(folder: str, backend: str, queries_file: str) -> dict[str, Any]:
         start = time.perf_counter()
         search(store, query[None], 10, None, top_k)
         times.append(time.perf_counter() - start)
-    _, ids = top_k(queries, 10)
-    return {"load_s": load, "first_s": times[0], "median_s": statistics.median(times[1:]), "max_s": max(times[1:]),
-            "baseline_mb": baseline, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "top10": [row.tolist() for row in ids]}
+    _, ids = top_k(queries, 10 * POOL_PER_MOMENT)   # the windows `search` ranks for 10 moments
+    return {"load": os.getloadavg()[0], "load_s": load, "first_s": times[0],
+            "median_s": statistics.median(times[1:]), "max_s": max(times[1:]),
+            "baseline_mb": baseline, "peak_mb": _status_mb("VmHWM"),
+            "top10": [row[:10].tolist() for row in ids]}
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+def _status_mb(field: str) -> float:
+    """A memory figure of this process from /proc/self/status (VmRSS: resident now; VmHWM: its
+    peak since exec, unlike ru_maxrss, which keeps the parent's peak at fork)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(f"{field}:")) / 1024
 
 
 def scale(sizes: list[int], kinds: list[str], dim: int, count: int, seed: int, work: str) -> list[dict[str, Any]]:
@@ -175,8 +179,10 @@ def _scale_line(row: dict[str, Any]) -> str:
     extra = (f" | graph built in {row['build_s']:.0f} s, efSearch {row['ef_search']}, {row['graph_mb']:.0f} MB"
              if row["backend"] == "faiss" else "")
     return (f"{row['data']:9s} {row['windows']:>9,} {row['backend']:5s} median {row['median_s'] * 1000:8.1f} ms "
-            f"(load {row['load_s']:.1f} s, first {row['first_s'] * 1000:.0f} ms, max {row['max_s'] * 1000:7.1f} ms) peak {row['peak_mb']:6.0f} MB "
-            f"(baseline {row['baseline_mb']:4.0f}) recall@10 {row['recall_at_10']:.3f}{extra}")
+            f"(load {row['load_s']:.1f} s, first {row['first_s'] * 1000:.0f} ms, max {row['max_s'] * 1000:7.1f} ms) "
+            f"peak {row['peak_mb']:6.0f} MB "
+            f"(baseline {row['baseline_mb']:4.0f}) recall@10 {row['recall_at_10']:.3f} load {row['load']:.1f}"
+            f"{extra}")
 
 
 def write_video(path: str, seconds: float, fps: int, width: int, height: int, seed: int) -> None:
@@ -213,9 +219,10 @@ def throughput(device: str, batch_size: int | None, precision: str, seconds: flo
                      "batch_size": batch_size or args.batch_size_val, "video_seconds": summary["video_seconds"],
                      "windows": summary["windows_encoded"], "seconds": summary["seconds"],
                      "video_seconds_per_s": summary["video_seconds"] / summary["seconds"]})
-        print(f"{name}: {rows[-1]['video_seconds_per_s']:.1f} video seconds per second ({summary['windows_encoded']} "
-              f"windows of 10 s every 5 s over {summary['video_seconds']:.0f} s of 640x360 25 fps video in "
-              f"{summary['seconds']:.1f} s, {device}, batch {rows[-1]['batch_size']})", flush=True)
+        print(f"{name}: {rows[-1]['video_seconds_per_s']:.1f} video seconds per second "
+              f"({summary['windows_encoded']} windows of 10 s every 5 s over {summary['video_seconds']:.0f} s of "
+              f"640x360 25 fps video in {summary['seconds']:.1f} s, {device}, batch {rows[-1]['batch_size']})",
+              flush=True)
     return rows
 
 

@@ -41,7 +41,8 @@ def merge_moments(ranked: Iterable[tuple[float, WindowRecord]], k: int,
         hit = next((m for m in moments if m.overlaps(window)), None)
         if hit is not None:
             if hit is moments[-1]:
-                hit.start, hit.end, hit.windows = min(hit.start, window.start), max(hit.end, window.end), hit.windows + 1
+                hit.start, hit.end = min(hit.start, window.start), max(hit.end, window.end)
+                hit.windows += 1
             continue
         if per_file and per_path.get(window.relpath, 0) >= per_file:
             continue

@@ -253,7 +253,8 @@ class IndexStore:
 
     def shards(self, after: int = 0) -> Iterator[Shard]:
         """Each shard with an id above `after`, in order, memory-mapped as it is reached."""
-        rows = self.db.execute("SELECT id, name, first_window FROM shards WHERE id > ? ORDER BY id", (after,)).fetchall()
+        rows = self.db.execute("SELECT id, name, first_window FROM shards WHERE id > ? ORDER BY id",
+                               (after,)).fetchall()
         for shard_id, name, first in rows:
             yield Shard(shard_id, first, os.path.join(self.index_dir, name))
 

@@ -573,5 +573,6 @@ def test_bad_numbers_and_a_corrupt_index_end_in_one_line(tmp_path):
     with pytest.raises(SystemExit, match="^error: --batch_size must be >= 1, got 0$"):
         video_search.main(["index", "--checkpoint", "c.pt", "--videos", "v", "--index", "i", "--batch_size", "0"])
     (tmp_path / "index.sqlite").write_bytes(b"not a database " * 100)
-    with pytest.raises(SystemExit, match=r"^error: --index .* is not a readable index \(.*\): index into a new folder$"):
+    with pytest.raises(SystemExit, match=r"^error: --index .* is not a readable index \(.*\): index into a new "
+                                         r"folder$"):
         video_search.main(["query", "--index", str(tmp_path), "--text", "a red circle"])

@@ -3,12 +3,12 @@
 `update`, run by `index`: once the index holds `ANN_MIN_WINDOWS` searchable windows and faiss can be
 imported, an HNSW graph over the shards' embeddings (`IndexHNSWSQ` storing float16: the shards'
 values exactly; inner product; the window ids as faiss ids; 32 links per node, built searching
-128 deep) is built from the shards, and later extended with the shards added since. It is then checked against exact search: `RECALL_QUERIES`
-windows of the index drawn at random are the queries, and the graph's `efSearch` doubles from 16
-until recall@10 (the share of the exact top 10 found in its top 10) reaches `RECALL_TARGET`, or
-`MAX_EF`. The recall reached is stored in the manifest (meta `ann`) and printed. The graph is
-written whole to `OUT/ann-<last shard id>.faiss`, then named in the manifest, then the previous
-file deleted.
+128 deep) is built from the shards, and later extended with the shards added since. It is then
+checked against exact search: `RECALL_QUERIES` windows of the index drawn at random are the
+queries, and the graph's `efSearch` doubles from 16 until recall@10 (the share of the exact top 10
+found in its top 10) reaches `RECALL_TARGET`, or `MAX_EF`. The recall reached is stored in the
+manifest (meta `ann`) and printed. The graph is written whole to `OUT/ann-<last shard id>.faiss`,
+then named in the manifest, then the previous file deleted.
 
 `Searcher` searches the graph and, exactly, any shard added after it was built, and merges both.
 Windows deleted since (their file changed or vanished) stay in the graph and are skipped, as in

@@ -21,6 +21,8 @@ from modules.token_merge import TOKEN_MERGE_MODES, TokenMergeConfig
 CLIP_ARCHS = tuple(CLIP_CONFIGS)
 # `--dataset` choices; `dataloaders.PARSERS` reads each but "synthetic" (generated in MSR-VTT's layout).
 DATASETS = ("msrvtt", "msvd", "lsmdc", "activitynet", "didemo", "vatex", "synthetic")
+BATCH_SAMPLING = ("random", "close_captions")   # --batch_sampling (dataloaders.samplers)
+SYNTHETIC_EVENT_FRAMES = ("sampled", "always", "never")   # dataloaders.synthetic.event_frame_choice
 # The model configurations' defaults are the flags' defaults (written once, in the dataclasses).
 MODEL, STOP, TEMPME, MERGE, LOSS = ModelConfig(), StopConfig(), TempMeConfig(), TokenMergeConfig(), LossConfig()
 
@@ -142,6 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--num_workers", type=int, default=4, help="data loader worker processes per GPU")
     data.add_argument("--train_frame_sampling", choices=("random", "uniform"), default="random",
                       help="random: one random frame per segment (TSN); uniform: segment centres")
+    data.add_argument("--batch_sampling", choices=BATCH_SAMPLING, default="random",
+                      help="how training batches are formed: random, or close_captions: groups of "
+                           "--caption_group_size videos whose captions are nearest by their words, so that each "
+                           "batch holds the negatives a video is most easily confused with (docs/data.md)")
+    data.add_argument("--caption_group_size", type=int, default=4,
+                      help="close_captions: videos per group of close captions; must divide --batch_size")
+    data.add_argument("--close_captions_warmup", type=int, default=0,
+                      help="close_captions: the first N epochs form random batches (a model trained from scratch "
+                           "first learns the coarse differences there)")
     _add_bool(data, "--expand_msrvtt_sentences", False, "MSR-VTT: train on every caption of the train videos")
     data.add_argument("--msrvtt_train_csv", default="MSRVTT_train.9k.csv",
                       help="MSR-VTT train split file (MSRVTT_train.9k.csv or MSRVTT_train.7k.csv)")
@@ -158,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--synthetic_distractor_frames", type=int, default=0,
                       help="uncaptioned outlier frames per synthetic video (noise bursts, cuts), in bursts of 2-3")
     data.add_argument("--synthetic_seed", type=int, default=0, help="seed of the synthetic dataset's generator")
+    data.add_argument("--synthetic_event_frames", choices=SYNTHETIC_EVENT_FRAMES, default="sampled",
+                      help="frames read from the synthetic clips, from the generator's record of each captioned "
+                           "event: sampled (as the loader samples them), always (the sampled frame nearest the "
+                           "event is swapped for an event frame: an oracle, the ceiling of frame selection) or "
+                           "never (sampled event frames are swapped for their nearest other frames: the floor)")
 
     model = parser.add_argument_group("model")
     model.add_argument("--pretrained_dir", default="modules", help="folder holding OpenAI's CLIP weights")
@@ -250,7 +266,7 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
     for name in positive:
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    for name in ("num_workers", "val_holdout", "synthetic_distractor_frames"):
+    for name in ("num_workers", "val_holdout", "synthetic_distractor_frames", "close_captions_warmup"):
         if getattr(args, name) < 0:
             parser.error(f"--{name} must be >= 0, got {getattr(args, name)}")
     if args.max_words < 2:
@@ -261,6 +277,10 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
     for name in ("warmup_proportion", "synthetic_event_fraction"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             parser.error(f"--{name} must be in [0, 1], got {getattr(args, name)}")
+    if args.batch_sampling == "close_captions" and (args.caption_group_size < 2
+                                                    or args.batch_size % args.caption_group_size):
+        parser.error(f"--caption_group_size must be >= 2 and divide --batch_size {args.batch_size}, "
+                     f"got {args.caption_group_size}")
     for config in (ModelConfig, LossConfig):
         try:
             config.from_flags(args).validate()

@@ -27,6 +27,7 @@ import logging
 import os
 import shutil
 import tempfile
+from typing import Callable
 
 import numpy as np
 
@@ -223,6 +224,39 @@ def add_distractors(frames: np.ndarray, count: int, keep: list[int], rng: np.ran
             taken.add(t)
             written.append(t)
     return sorted(written)
+
+
+def event_frame_choice(mode: str, folder: str) -> Callable[[str, list[int], int], list[int]] | None:
+    """The frames a reference row reads from this dataset's clips (`--synthetic_event_frames`), from
+    the generator's record of where each captioned event is (`attributes.json`): None for "sampled"
+    (the loader's own sampling); "always" swaps the sampled frame nearest the event for the event
+    frame nearest it, unless one is sampled already (an oracle: a ceiling for frame selection, not
+    a method); "never" swaps every sampled event frame for the nearest frame that is neither an
+    event frame nor sampled (the floor). Returns `(video_id, sampled, usable frames) -> indices`."""
+    if mode == "sampled":
+        return None
+    with open(os.path.join(folder, "attributes.json")) as f:
+        events = {video_id: record["event_frames"] for video_id, record in json.load(f).items()}
+    choose = _with_event if mode == "always" else _without_event
+    return lambda video_id, sampled, total: choose(sampled, events[video_id], total)
+
+
+def _with_event(sampled: list[int], event: list[int], total: int) -> list[int]:
+    if not event or set(sampled) & set(event):
+        return sampled
+    position = min(range(len(sampled)), key=lambda i: min(abs(sampled[i] - e) for e in event))
+    out = list(sampled)
+    out[position] = min(event, key=lambda e: abs(e - sampled[position]))
+    return out
+
+
+def _without_event(sampled: list[int], event: list[int], total: int) -> list[int]:
+    out = list(sampled)
+    for i, index in enumerate(sampled):
+        if index in event:
+            free = [t for t in range(total) if t not in event and t not in out]
+            out[i] = min(free, key=lambda t: (abs(t - index), t)) if free else index
+    return sorted(out)
 
 
 def write_mp4(path: str, frames: np.ndarray, fps: int = FPS) -> None:

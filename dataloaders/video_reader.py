@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import os
 import random
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 BACKENDS = ("decord", "pyav")
+# (sampled frame indices, usable frames of the file) -> the frame indices to decode instead.
+FrameChoice = Callable[[list[int], int], list[int]]
 
 
 class VideoReadError(RuntimeError):
@@ -84,24 +87,25 @@ class VideoReader:
         self.image_size = image_size
         self.max_seconds = max_seconds
 
-    def read(self, path: str, *, train: bool,
-             rng: random.Random | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Decode `path`; `train` picks TSN random offsets, else segment centres.
+    def read(self, path: str, *, train: bool, rng: random.Random | None = None,
+             choose: FrameChoice | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode `path`; `train` picks TSN random offsets, else segment centres; `choose(indices,
+        total)`, if given, replaces the sampled indices (of `total` usable frames) before decoding.
 
         Returns `video` uint8 `[T, 3, S, S]` (zeros after the last real frame) and `mask` long `[T]`.
         Raises `VideoReadError` for empty, undecodable or frameless files.
         """
-        video, mask, _ = self.read_with_indices(path, train=train, rng=rng)
+        video, mask, _ = self.read_with_indices(path, train=train, rng=rng, choose=choose)
         return video, mask
 
-    def read_with_indices(self, path: str, *, train: bool, rng: random.Random | None = None
-                          ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    def read_with_indices(self, path: str, *, train: bool, rng: random.Random | None = None,
+                          choose: FrameChoice | None = None) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         """`read` plus the source index (in the file's frame order) of each real output frame."""
         if os.path.getsize(path) == 0:
             raise VideoReadError(path, "empty file (0 bytes)")
         try:
             decode = self._read_decord if self.backend == "decord" else self._read_pyav
-            frames, indices = decode(path, train, rng)
+            frames, indices = decode(path, train, rng, choose)
         except VideoReadError:
             raise
         except Exception as exc:  # decoders raise many types (DECORDError, av.FFmpegError, ...)
@@ -110,7 +114,7 @@ class VideoReader:
                 raise VideoReadError(path, f"cannot decode ({reason})") from exc
             # decord rejects some valid files (e.g. certain small frame sizes): PyAV gets a second try.
             try:
-                frames, indices = self._read_pyav(path, train, rng)
+                frames, indices = self._read_pyav(path, train, rng, choose)
             except Exception as second:
                 raise VideoReadError(path, f"cannot decode (decord {reason}; pyav {type(second).__name__}: "
                                            f"{str(second).strip()[-300:]})") from second
@@ -129,15 +133,21 @@ class VideoReader:
             total = min(total, max(1, int(self.max_seconds * fps)))
         return total
 
-    def _read_decord(self, path: str, train: bool, rng: random.Random | None) -> tuple[np.ndarray, list[int]]:
+    def _sample(self, total: int, train: bool, rng: random.Random | None, choose: FrameChoice | None) -> list[int]:
+        indices = sample_frame_indices(total, self.num_frames, train, rng)
+        return choose(indices, total) if choose is not None else indices
+
+    def _read_decord(self, path: str, train: bool, rng: random.Random | None,
+                     choose: FrameChoice | None) -> tuple[np.ndarray, list[int]]:
         import decord  # lazy: see the module docstring
 
         reader = decord.VideoReader(path, num_threads=1)
         total = self._usable_frames(path, len(reader), reader.get_avg_fps())
-        indices = sample_frame_indices(total, self.num_frames, train, rng)
+        indices = self._sample(total, train, rng, choose)
         return reader.get_batch(indices).asnumpy(), indices  # [t, H, W, 3]
 
-    def _read_pyav(self, path: str, train: bool, rng: random.Random | None) -> tuple[np.ndarray, list[int]]:
+    def _read_pyav(self, path: str, train: bool, rng: random.Random | None,
+                   choose: FrameChoice | None) -> tuple[np.ndarray, list[int]]:
         import av
 
         with av.open(path) as container:
@@ -149,7 +159,7 @@ class VideoReader:
                            else (container.duration or 0) / av.time_base)
                 total = int(seconds * fps)
             total = self._usable_frames(path, total, fps)
-            indices = sample_frame_indices(total, self.num_frames, train, rng)
+            indices = self._sample(total, train, rng, choose)
             wanted = set(indices)
             decoded: dict[int, np.ndarray] = {}
             for i, frame in enumerate(container.decode(stream)):

@@ -94,7 +94,43 @@ def caption_relevance_targets(frame_emb: torch.Tensor, text_emb: torch.Tensor, l
     return logits.log_softmax(-1)[own, :, own]
 
 
-TEACHERS = ("distinct", "text", "mix")
+def completion_targets(frame_emb: torch.Tensor, video_mask: torch.Tensor, kept: torch.Tensor,
+                       text_emb: torch.Tensor, logit_scale: torch.Tensor,
+                       temperature: float = AUX_TEMPERATURE) -> torch.Tensor:
+    """Target logits `[B_t, T]`: how much each frame adds to the other frames the compressor keeps,
+    for picking out its video's caption among the batch's captions.
+
+    A set of frames is approximated in the embedding space by the normalised sum of their
+    embeddings, and judged by `log softmax_c(logit_scale * cos(text_c, set))` at c = its video.
+    Frame t's value is that judgement of the kept frames other than t with t, minus that of the
+    kept frames other than t (what keeping t adds; what dropping it would lose), standardised over
+    the video's real frames and divided by `temperature`. A frame is judged with the others, not
+    alone: the frame showing the one detail that tells the caption from its closest rivals (a brief
+    event) scores high although, alone, it shows little of the rest (colours, shapes); a frame that
+    repeats what is kept, or an outlier that no caption describes, adds nothing and scores low.
+
+    `frame_emb [B_t, T, D]` (L2-normalised, zeros where padded), `video_mask [B_t, T]`, `kept
+    [B_t, K]` (indices into T, -1 = no frame: the compressor's `info["indices"]`) belong to the
+    first B_t captions of `text_emb [B, D]`.
+    """
+    b, t = video_mask.shape
+    valid = kept >= 0
+    picked = frame_emb.gather(1, kept.clamp(min=0)[..., None].expand(-1, -1, frame_emb.shape[-1]))
+    is_kept = torch.zeros(b, t, dtype=torch.bool, device=kept.device)
+    is_kept.scatter_(1, kept.clamp(min=0), valid)
+    others = (picked * valid[..., None]).sum(1)[:, None] - frame_emb * is_kept[..., None]   # [B_t, T, D]
+    texts = F.normalize(text_emb.detach().float(), dim=-1)
+    own = torch.arange(b, device=frame_emb.device)
+
+    def judged(sets: torch.Tensor) -> torch.Tensor:              # [B_t, T, D] -> [B_t, T]
+        logits = logit_scale.detach().float() * F.normalize(sets, dim=-1) @ texts.t()
+        return logits.log_softmax(-1)[own, :, own]
+
+    value = (judged(others + frame_emb) - judged(others)).masked_fill(video_mask <= 0, 0.0)
+    return standardised(value, video_mask) / temperature
+
+
+TEACHERS = ("distinct", "text", "mix", "completion")
 
 
 @dataclass
@@ -153,6 +189,9 @@ class RetrievalLoss(nn.Module):
         teacher = self.config.teacher
         if teacher == "distinct":
             return distinctiveness_targets(frame_emb, mask, self.aux_temperature)
+        if teacher == "completion":
+            return completion_targets(frame_emb, mask, outputs["info"]["indices"][:frame_emb.shape[0]],
+                                      outputs["text_emb"], outputs["logit_scale"], self.aux_temperature)
         relevance = caption_relevance_targets(frame_emb, outputs["text_emb"], outputs["logit_scale"])
         if teacher == "text":
             return relevance

@@ -296,6 +296,25 @@ def test_torchrun_two_processes_take_the_same_steps(single_run, synthetic_dir, t
     assert len(torch.load(tmp_path / "ddp" / "latest.pt", weights_only=True)["rng"]) == 2
 
 
+@pytest.mark.slow
+def test_torchrun_with_close_caption_batches_takes_the_one_process_steps(synthetic_dir, tmp_path):
+    """16 videos in 4 global batches of 2 groups of close captions each: 2 processes (2 videos each
+    per batch) take the steps of one process."""
+    import main
+    extra = ("--synthetic_num_videos", "16", "--expand_msrvtt_sentences", "False", "--batch_size", "4",
+             "--batch_sampling", "close_captions", "--caption_group_size", "2")
+    main.main(_run_flags(tmp_path, synthetic_dir, "one", *extra))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(REPO / "main.py"), *_run_flags(tmp_path, synthetic_dir, "two", *extra)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = _records(tmp_path / "one"), _records(tmp_path / "two")
+    for a, b in zip(one, two):
+        assert b.get("train_loss") == pytest.approx(a.get("train_loss"), rel=1e-4)
+        assert _flat(b["metrics"]) == pytest.approx(_flat(a["metrics"]), rel=1e-4, abs=1e-6)
+
+
 def _killed_after_first_epoch(monkeypatch, flags: list[str]) -> int:
     """Run main(flags) with a KeyboardInterrupt right after the first epoch's latest.pt is saved
     (a kill at that moment); returns the exit code."""
@@ -361,12 +380,14 @@ def test_killed_run_with_workers_and_tsn_resumes_like_an_uninterrupted_one(synth
 def test_run_killed_in_its_process_resumes_in_a_new_one_like_an_uninterrupted_run(synthetic_dir, tmp_path):
     """SIGTERM to a real `python main.py` once epoch 1's latest.pt is written, then the same command
     with `--resume auto` in a new process. The spatial prompt's dropout draws from the global RNG,
-    and 2 persistent workers load the data: every epoch the new process trains must end exactly as
-    in a run never interrupted (nothing the new process starts may draw from the restored RNG)."""
+    2 persistent workers load the data, batches are random in epoch 1 and of close captions after:
+    every epoch the new process trains must end exactly as in a run never interrupted (nothing the
+    new process starts may draw from the restored RNG)."""
     import main
     extra = ("--spatial_prompt", "True", "--synthetic_num_videos", "16", "--synthetic_num_frames", "8",
              "--batch_size", "4", "--epochs", "3", "--num_workers", "2", "--train_frame_sampling", "random",
-             "--expand_msrvtt_sentences", "False", "--resume", "auto")
+             "--expand_msrvtt_sentences", "False", "--batch_sampling", "close_captions", "--caption_group_size", "2",
+             "--close_captions_warmup", "1", "--resume", "auto")
     main.main(_run_flags(tmp_path, synthetic_dir, "whole", *extra))
     command = [sys.executable, str(REPO / "main.py"), *_run_flags(tmp_path, synthetic_dir, "killed", *extra)]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}

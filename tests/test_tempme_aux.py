@@ -12,7 +12,8 @@ from engine.train import model_outputs
 from modules.clip import normalize_video, random_clip_state_dict
 from modules.clip4clip import CLIP4Clip
 from modules.factory import build_model
-from modules.loss import LossConfig, RetrievalLoss, caption_relevance_targets, distinctiveness_targets
+from modules.loss import (LossConfig, RetrievalLoss, caption_relevance_targets, completion_targets,
+                          distinctiveness_targets)
 
 SIDE, WORDS, T_IN = 64, 12, 6
 
@@ -171,3 +172,34 @@ def test_frame_embeddings_are_one_frame_videos_at_their_place_in_time(tiny_sd, p
         for b, t in ((0, 0), (1, 3)):
             alone = model._embed(video[b:b + 1, t:t + 1], torch.ones(1, 1), torch.tensor([[t]]), T_IN)
             torch.testing.assert_close(emb[b, t], F.normalize(alone[0], dim=-1), atol=1e-5, rtol=1e-4)
+
+
+def test_completion_teacher_prefers_the_frame_that_completes_the_others():
+    """Captions: the own one names content + event, the partner content + another event, two others
+    share the event but not the content. Frame 2 shows the event alone (a flash washes the content
+    out), frame 4 is an uncaptioned outlier, the compressor keeps the content frames 0, 1, 3. Alone,
+    the event frame matches three captions and ranks below the content frames (`text`); with the
+    kept frames it picks out its own caption, so the completion teacher ranks it first and the
+    outlier, which adds nothing to any caption, not above the content frames. Once the event frame is
+    kept it still ranks first (dropping it would lose what tells the caption apart)."""
+    content, event, other, x, y, outlier = torch.eye(8)[:6]
+    captions = torch.stack([content + event, content + other, event + x, event + y])
+    frames = F.normalize(torch.stack([content, content, event, content, outlier])[None], dim=-1)   # [1, 5, D]
+    mask, kept = torch.ones(1, 5), torch.tensor([[0, 1, 3]])
+    scale = torch.tensor(30.0)
+    alone = caption_relevance_targets(frames, captions, scale)
+    assert alone[0, 2] < alone[0, 0]
+    completion = completion_targets(frames, mask, kept, captions, scale)
+    assert completion.argmax() == 2 and completion[0, 4] <= completion[0, [0, 1, 3]].min() + 1e-5
+    torch.testing.assert_close(completion[0, 0], completion[0, 1])      # kept content frames alike
+    with_event = completion_targets(frames, mask, torch.tensor([[0, 2, 3]]), captions, scale)
+    assert with_event.argmax() == 2 and with_event[0, 2] > with_event[0, [0, 1, 3, 4]].max()
+    outputs = {"teacher_frame_emb": frames, "input_mask": mask, "text_emb": captions, "logit_scale": scale,
+               "info": {"indices": kept}}
+    via_loss = RetrievalLoss(LossConfig(teacher="completion")).frame_targets(outputs)
+    torch.testing.assert_close(via_loss, completion)
+    # Padded frames and empty slots are ignored: the same video padded to 7 frames, one slot unused.
+    padded = torch.cat([frames, torch.zeros(1, 2, 8)], 1)
+    again = completion_targets(padded, torch.cat([mask, torch.zeros(1, 2)], 1), torch.tensor([[0, 1, 3, -1]]),
+                               captions, scale)
+    torch.testing.assert_close(again[0, :5], completion[0])

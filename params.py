@@ -141,7 +141,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help="video decoder (decord retries a file it cannot read with pyav)")
     data.add_argument("--num_workers", type=int, default=4, help="data loader worker processes per GPU")
     data.add_argument("--train_frame_sampling", choices=("random", "uniform"), default="random",
-                      help="random: one random frame per segment (TSN); uniform: segment centres")
+                      help="random: one random frame per segment (TSN), or with --feature_framerate a random one "
+                           "of the frames each sampled frame stands for; uniform: as evaluation samples")
+    data.add_argument("--feature_framerate", type=int, default=None,
+                      help="sample R frames per second as CLIP4Clip does (0: every frame), so a longer video "
+                           "gives more frames, up to the frames loaded per video; default: that many frames "
+                           "spread over the whole video")
+    data.add_argument("--slice_framepos", type=int, choices=(0, 1, 2), default=2,
+                      help="with --feature_framerate, when a video gives more frames than are loaded: keep the "
+                           "first (0), the last (1) or spread evenly over them (2; CLIP4Clip's default is 0, "
+                           "its and STOP's commands pass 2)")
     _add_bool(data, "--expand_msrvtt_sentences", False, "MSR-VTT: train on every caption of the train videos")
     data.add_argument("--msrvtt_train_csv", default="MSRVTT_train.9k.csv",
                       help="MSR-VTT train split file (MSRVTT_train.9k.csv or MSRVTT_train.7k.csv)")
@@ -250,6 +259,8 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
     for name in positive:
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.feature_framerate is not None and args.feature_framerate < 0:
+        parser.error(f"--feature_framerate must be >= 0 (0: every frame), got {args.feature_framerate}")
     for name in ("num_workers", "val_holdout", "synthetic_distractor_frames"):
         if getattr(args, name) < 0:
             parser.error(f"--{name} must be >= 0, got {getattr(args, name)}")

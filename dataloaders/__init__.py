@@ -146,9 +146,11 @@ def build_dataset(args: argparse.Namespace, split: str, tokenizer: Tokenizer) ->
 
 def make_reader(args: argparse.Namespace) -> VideoReader:
     """The video reader the flags describe: `TempMeConfig.from_flags(args).num_input_frames` frames
-    of `--image_size` px per video, `--video_backend`, `--video_max_seconds`."""
+    of `--image_size` px per video, `--video_backend`, `--video_max_seconds`, `--feature_framerate`,
+    `--slice_framepos`."""
     return VideoReader(backend=args.video_backend, num_frames=TempMeConfig.from_flags(args).num_input_frames,
-                       image_size=args.image_size, max_seconds=args.video_max_seconds)
+                       image_size=args.image_size, max_seconds=args.video_max_seconds,
+                       framerate=args.feature_framerate, slice_framepos=args.slice_framepos)
 
 
 def _keep_videos(annotations: Annotations, keep: list[int]) -> Annotations:

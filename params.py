@@ -177,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="random: random-init CLIP of --clip_arch (demo, benchmarks, tests)")
     model.add_argument("--clip_arch", choices=CLIP_ARCHS, default="ViT-B/32", help="architecture for --clip_init random")
     _add_bool(model, "--train_clip", MODEL.train_clip, "fine-tune CLIP itself (lr * coef_lr)")
+    model.add_argument("--clip_frozen_layers", type=int, default=MODEL.clip_frozen_layers,
+                       help="with --train_clip: -1 fine-tunes all of CLIP; N >= 0 keeps its input embeddings and "
+                            "first N blocks of each tower frozen, as CLIP4Clip's --freeze_layer_num N")
     model.add_argument("--prompt_mode", choices=PROMPT_MODES, default=MODEL.prompt_mode,
                        help="none: plain CLIP4Clip meanP (zero-shot / baselines)")
     model.add_argument("--video_output", choices=VIDEO_OUTPUTS, default=MODEL.video_output,

@@ -3,9 +3,9 @@
 Users arrive with STOP's `scripts/msrvtt.sh` and CLIP4Clip's README commands. `add_arguments`
 gives the parser their flags, in a help group of their own; after parsing, `read` turns the
 values given into ours and lists, one line per flag, how each was read (the run's start-up block
-prints the lines). A flag of theirs with no effect here is accepted only with the value this code
-implements. Any other value, or one that contradicts one of our flags given as well, is a
-`ValueError` of one line naming the flag, the value and what we support.
+prints the lines). Where one of our flags is given as well, ours wins (and the line says so). A
+flag of theirs with no effect here is accepted only with the value this code implements; any other
+value is a `ValueError` of one line naming the flag, the value and what we support.
 
 Some of their flags are ours as well and are read where they are defined (`params.py`):
 `--feature_framerate`, `--slice_framepos`, `--do_train 1`; some of their values of our flags are
@@ -96,8 +96,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def read(args: argparse.Namespace, explicit: set[str]) -> None:
     """Turn their flags and values in `args` into ours, in place, and set `args.lineage` to the
     lines saying how each was read. `explicit`: the destinations of our flags given on the
-    command line (a value of theirs that contradicts one of those is refused). Raises ValueError
-    (one line) for a value we do not implement or such a contradiction."""
+    command line, which keep their values. Raises ValueError (one line) for a value we do not
+    implement."""
     given: dict[str, str] = vars(args).pop(GIVEN, {})
     lines = []
     for flag, value in given.items():
@@ -119,12 +119,13 @@ def _number(flag: str, value: str, kind: Callable[[str], Any]) -> Any:
         raise ValueError(f"{flag} {value}: expected {'an integer' if kind is int else 'a number'}") from None
 
 
-def _set(args: argparse.Namespace, explicit: set[str], flag: str, value: str, dest: str, new: Any) -> None:
-    """Our `--dest` becomes `new` (read from their `flag value`), unless it was given otherwise."""
+def _set(args: argparse.Namespace, explicit: set[str], dest: str, new: Any) -> str:
+    """Our `--dest` becomes `new`, unless it was given otherwise: then it keeps its value, and the
+    returned note (else "") says so."""
     if dest in explicit and getattr(args, dest) != new:
-        raise ValueError(f"{flag} {value} means --{dest} {new}, but --{dest} {getattr(args, dest)} is given too: "
-                         f"keep one of them")
+        return f" (not applied: --{dest} {getattr(args, dest)} is given too, and ours wins)"
     setattr(args, dest, new)
+    return ""
 
 
 def _rename(args: argparse.Namespace, explicit: set[str], flag: str, value: str) -> str:
@@ -132,8 +133,7 @@ def _rename(args: argparse.Namespace, explicit: set[str], flag: str, value: str)
     if choices is not None and value not in choices:
         raise ValueError(f"{flag} {value}: we support {', '.join(choices)}")
     new = ours[value] if value in ours else _number(flag, value, kind)
-    _set(args, explicit, flag, value, dest, new)
-    return f"{flag} {value} -> --{dest} {new}"
+    return f"{flag} {value} -> --{dest} {new}" + _set(args, explicit, dest, new)
 
 
 def _no_effect(flag: str, value: str) -> str:
@@ -168,9 +168,9 @@ def _annotation_files(args: argparse.Namespace, explicit: set[str], given: dict[
     if args.dataset == "msrvtt" and args.data_path and args.data_path.endswith(".json") \
             and not os.path.isdir(args.data_path):
         path, folder = args.data_path, os.path.dirname(args.data_path) or "."
-        args.data_path = folder
-        _set(args, explicit, "--data_path", path, "msrvtt_data_json", os.path.basename(path))
-        lines.append(f"--data_path {path} -> --data_path {folder} --msrvtt_data_json {args.msrvtt_data_json}")
+        args.data_path, name = folder, os.path.basename(path)
+        lines.append(f"--data_path {path} -> --data_path {folder} --msrvtt_data_json {name}"
+                     + _set(args, explicit, "msrvtt_data_json", name))
     for flag, dest in ANNOTATION_FILES.items():
         if flag not in given:
             continue
@@ -185,8 +185,7 @@ def _annotation_files(args: argparse.Namespace, explicit: set[str], given: dict[
             lines.append(f"{flag} {path} -> --data_path {folder} (none given)")
         same_folder = os.path.normpath(folder) == os.path.normpath(args.data_path)
         name = os.path.basename(path) if same_folder else os.path.abspath(path)
-        _set(args, explicit, flag, path, dest, name)
-        lines.append(f"{flag} {path} -> --{dest} {name}")
+        lines.append(f"{flag} {path} -> --{dest} {name}" + _set(args, explicit, dest, name))
     return lines
 
 
@@ -201,18 +200,17 @@ def _clip_training(args: argparse.Namespace, explicit: set[str], given: dict[str
     if layers is not None and layers < -1:
         raise ValueError(f"--freeze_layer_num {layers}: we support -1 (all of CLIP trains) up to CLIP's number of "
                          f"blocks (12 for ViT-B; every block frozen)")
-    said = [(flag, given[flag]) for flag in ("--freeze_layer_num", "--freeze_clip") if flag in given]
-    line = " ".join(f"{flag} {value}" for flag, value in said)
+    line = " ".join(f"{flag} {given[flag]}" for flag in ("--freeze_layer_num", "--freeze_clip") if flag in given)
     if freeze == 1:
-        _set(args, explicit, "--freeze_clip", "1", "train_clip", False)
         ignored = "; --freeze_layer_num has no effect with it, as in STOP" if layers is not None else ""
-        return [f"{line} -> --train_clip False (CLIP frozen, STOP's prompts and adapters train{ignored})"]
+        return [f"{line} -> --train_clip False (CLIP frozen, STOP's prompts and adapters train{ignored})"
+                + _set(args, explicit, "train_clip", False)]
     frozen = -1 if layers is None else layers
-    _set(args, explicit, *said[0], "train_clip", True)
-    _set(args, explicit, *said[0], "clip_frozen_layers", frozen)
     kept = ("all of CLIP" if frozen == -1 else
             f"CLIP above its input embeddings{f' and first {frozen} blocks' if frozen else ''}")
-    return [f"{line} -> --train_clip True --clip_frozen_layers {frozen} ({kept} trains, at lr x --coef_lr)"]
+    line += f" -> --train_clip True --clip_frozen_layers {frozen} ({kept} trains, at lr x --coef_lr)"
+    not_applied = _set(args, explicit, "train_clip", True)
+    return [line + (not_applied or _set(args, explicit, "clip_frozen_layers", frozen))]
 
 
 def _processes(given: dict[str, str]) -> list[str]:

@@ -333,7 +333,7 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.set_defaults(**DEMO_DEFAULTS)
         args = parser.parse_args(argv)
     try:
-        lineage.read(args, _given_flags(parser, argv) if hasattr(args, lineage.GIVEN) else set())
+        lineage.read(args, _given_flags(parser, argv))
     except ValueError as exc:
         parser.error(str(exc))
     _validate(parser, args)

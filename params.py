@@ -77,7 +77,7 @@ def str2bool(value: str | bool) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean (True/False/1/0/yes/no), got {value!r}")
 
 
-def bool_or_text(value: str | bool) -> bool | str:
+def _bool_or_text(value: str | bool) -> bool | str:
     """A boolean, or the text itself when it is none (a value of STOP's that `lineage.read` reads)."""
     try:
         return str2bool(value)
@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
               "ablation: place postfix text prompts before EOT so they can influence it")
     _add_bool(stop, "--spatial_prompt", STOP.spatial_prompt, "intra-frame spatial prompts")
     _add_bool(stop, "--temporal_prompt", STOP.temporal_prompt, "inter-frame temporal prompts (STOP: group2-2)",
-              parse=bool_or_text)
+              parse=_bool_or_text)
     stop.add_argument("--spatial_topk", type=int, default=STOP.spatial_topk, help="patches selected per frame")
     stop.add_argument("--prompt_scale", type=float, default=STOP.prompt_scale, help="scale of the spatial/temporal prompts")
     stop.add_argument("--spatial_dropout", type=float, default=STOP.spatial_dropout, help="dropout of the spatial prompt module")

@@ -84,9 +84,10 @@ def dataset_folders(args: argparse.Namespace) -> tuple[str, str]:
 def parse_annotations(args: argparse.Namespace, split: str, data_path: str) -> Annotations:
     """The split as the dataset's own files define it (see `split_annotations` for val)."""
     if args.dataset in ("msrvtt", "synthetic"):
-        train_csv = "MSRVTT_train.9k.csv" if args.dataset == "synthetic" else args.msrvtt_train_csv
-        return msrvtt.parse(data_path, split, train_csv=train_csv,
-                            expand_sentences=args.expand_msrvtt_sentences, dataset=args.dataset)
+        files = msrvtt.FILES if args.dataset == "synthetic" else {
+            "train_csv": args.msrvtt_train_csv, "test_csv": args.msrvtt_test_csv, "data_json": args.msrvtt_data_json}
+        return msrvtt.parse(data_path, split, **files, expand_sentences=args.expand_msrvtt_sentences,
+                            dataset=args.dataset)
     return PARSERS[args.dataset].parse(data_path, split)
 
 
@@ -152,9 +153,11 @@ def build_dataset(args: argparse.Namespace, split: str, tokenizer: Tokenizer) ->
 
 def make_reader(args: argparse.Namespace) -> VideoReader:
     """The video reader the flags describe: `TempMeConfig.from_flags(args).num_input_frames` frames
-    of `--image_size` px per video, `--video_backend`, `--video_max_seconds`."""
+    of `--image_size` px per video, `--video_backend`, `--video_max_seconds`, `--feature_framerate`,
+    `--slice_framepos`."""
     return VideoReader(backend=args.video_backend, num_frames=TempMeConfig.from_flags(args).num_input_frames,
-                       image_size=args.image_size, max_seconds=args.video_max_seconds)
+                       image_size=args.image_size, max_seconds=args.video_max_seconds,
+                       framerate=args.feature_framerate, slice_framepos=args.slice_framepos)
 
 
 def _keep_videos(annotations: Annotations, keep: list[int]) -> Annotations:

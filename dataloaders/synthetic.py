@@ -20,6 +20,7 @@ folder and `os.rename` it into place; a process that loses the race reuses the w
 """
 from __future__ import annotations
 
+import fractions
 import hashlib
 import itertools
 import json
@@ -259,8 +260,10 @@ def _without_event(sampled: list[int], event: list[int], total: int) -> list[int
     return sorted(out)
 
 
-def write_mp4(path: str, frames: np.ndarray, fps: int = FPS) -> None:
-    """Encode uint8 `[F, H, W, 3]` (H, W even) as H.264 mp4 with PyAV."""
+def write_mp4(path: str, frames: np.ndarray, fps: float = FPS, seconds: list[float] | None = None) -> None:
+    """Encode uint8 `[F, H, W, 3]` (H, W even) as H.264 mp4 with PyAV, at `fps` (an int or a
+    `fractions.Fraction` such as 30000/1001), or at variable frame rate with frame f shown from
+    `seconds[f]` on (increasing, millisecond precision)."""
     import av
 
     with av.open(path, "w") as container:
@@ -269,8 +272,13 @@ def write_mp4(path: str, frames: np.ndarray, fps: int = FPS) -> None:
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": "17", "preset": "ultrafast"}
         stream.thread_count = 1
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        if seconds is not None:
+            stream.codec_context.time_base = fractions.Fraction(1, 1000)
+        for index, frame in enumerate(frames):
+            picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            if seconds is not None:
+                picture.pts, picture.time_base = round(seconds[index] * 1000), fractions.Fraction(1, 1000)
+            container.mux(stream.encode(picture))
         container.mux(stream.encode())
 
 

@@ -1,7 +1,8 @@
 """Decoding the sampled frames of one video file.
 
 `VideoReader.read(path, train=...)` returns uint8 frames `[T, 3, S, S]` and a mask `[T]`
-(1 = real frame). Only the sampled frames are converted to RGB; the resize (short side to S,
+(1 = real frame). Which frames: T spread over the whole video (`sample_frame_indices`), or with a
+frame rate the frames CLIP4Clip's extractor takes (`framerate_frame_indices`). Only the sampled frames are converted to RGB; the resize (short side to S,
 bicubic, antialiased) and the centre crop run on uint8. Normalisation is left to the model
 (`modules.clip.normalize_video`, on the accelerator): uint8 is 4x less host work and host-to-device transfer.
 
@@ -53,6 +54,35 @@ def sample_frame_indices(num_video_frames: int, num_samples: int, random_offsets
     return indices
 
 
+def framerate_frame_indices(num_video_frames: int, fps: float, framerate: int, num_samples: int,
+                            slice_framepos: int, random_offsets: bool,
+                            rng: random.Random | None = None) -> list[int]:
+    """Frame indices as CLIP4Clip's extractor picks them at `framerate` frames per second.
+
+    The rate is truncated to an integer F (at least 1) and the video read as seconds of F frames:
+    in each second the first `framerate` frames at multiples of `F // framerate` (every frame for
+    `framerate` 0, or when F < `framerate`, where the reference fails). When more than
+    `num_samples` (T) frames result, `slice_framepos` keeps the first T (0), the last T (1) or
+    T spread evenly, `linspace` rounded down (2). `random_offsets` (training) moves each kept
+    frame to a random one among the `F // framerate` frames it stands for. Indices are increasing.
+    """
+    n, per_second = num_video_frames, max(1, int(fps))
+    step = max(1, per_second // framerate) if framerate > 0 else 1
+    offsets = range(0, per_second, step)[:framerate or per_second]
+    indices = [second + offset for second in range(0, n, per_second) for offset in offsets if second + offset < n]
+    if len(indices) > num_samples:
+        if slice_framepos == 0:
+            indices = indices[:num_samples]
+        elif slice_framepos == 1:
+            indices = indices[-num_samples:]
+        else:
+            indices = [indices[i] for i in np.linspace(0, len(indices) - 1, num_samples).astype(int)]
+    if random_offsets:
+        rng = rng or random
+        indices = [rng.randrange(index, min(index + step, n)) for index in indices]
+    return indices
+
+
 def resize_center_crop(frames: torch.Tensor, size: int) -> torch.Tensor:
     """uint8 `[T, 3, H, W]` -> uint8 `[T, 3, size, size]`: short side to `size` (bicubic, antialiased), centre crop."""
     height, width = frames.shape[-2:]
@@ -76,21 +106,27 @@ class VideoReader:
         num_frames: T, frames per video (`TempMeConfig.num_input_frames` of the flags).
         image_size: S, output side after resize + centre crop.
         max_seconds: read only the first N seconds of each video (None: all of it).
+        framerate: frames per second as CLIP4Clip samples them (`framerate_frame_indices`), or
+            None: T frames spread over the whole video (`sample_frame_indices`).
+        slice_framepos: with `framerate`, which T of more sampled frames are kept.
     """
 
     def __init__(self, *, backend: str = "decord", num_frames: int, image_size: int,
-                 max_seconds: float | None = None):
+                 max_seconds: float | None = None, framerate: int | None = None, slice_framepos: int = 2):
         if backend not in BACKENDS:
             raise ValueError(f"unknown video backend {backend!r}; choose one of {BACKENDS}")
         self.backend = backend
         self.num_frames = num_frames
         self.image_size = image_size
         self.max_seconds = max_seconds
+        self.framerate = framerate
+        self.slice_framepos = slice_framepos
 
     def read(self, path: str, *, train: bool, rng: random.Random | None = None,
              choose: FrameChoice | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Decode `path`; `train` picks TSN random offsets, else segment centres; `choose(indices,
-        total)`, if given, replaces the sampled indices (of `total` usable frames) before decoding.
+        """Decode `path`; `train` picks random offsets (TSN, or within the frame-rate grid), else
+        segment centres (or the grid's frames); `choose(indices, total)`, if given, replaces the
+        sampled indices (of `total` usable frames) before decoding.
 
         Returns `video` uint8 `[T, 3, S, S]` (zeros after the last real frame) and `mask` long `[T]`.
         Raises `VideoReadError` for empty, undecodable or frameless files.
@@ -126,15 +162,18 @@ class VideoReader:
         mask[:n] = 1
         return video, mask, indices
 
-    def _usable_frames(self, path: str, total: int, fps: float) -> int:
+    def _frame_indices(self, path: str, total: int, fps: float, train: bool, rng: random.Random | None,
+                       choose: FrameChoice | None) -> list[int]:
+        """The frames to decode of a file of `total` frames at `fps` (see `read`)."""
         if total <= 0:
             raise VideoReadError(path, "no video frames")
         if self.max_seconds is not None and fps > 0:
             total = min(total, max(1, int(self.max_seconds * fps)))
-        return total
-
-    def _sample(self, total: int, train: bool, rng: random.Random | None, choose: FrameChoice | None) -> list[int]:
-        indices = sample_frame_indices(total, self.num_frames, train, rng)
+        if self.framerate is None:
+            indices = sample_frame_indices(total, self.num_frames, train, rng)
+        else:
+            indices = framerate_frame_indices(total, fps, self.framerate, self.num_frames, self.slice_framepos,
+                                              train, rng)
         return choose(indices, total) if choose is not None else indices
 
     def _read_decord(self, path: str, train: bool, rng: random.Random | None,
@@ -142,8 +181,7 @@ class VideoReader:
         import decord  # lazy: see the module docstring
 
         reader = decord.VideoReader(path, num_threads=1)
-        total = self._usable_frames(path, len(reader), reader.get_avg_fps())
-        indices = self._sample(total, train, rng, choose)
+        indices = self._frame_indices(path, len(reader), reader.get_avg_fps(), train, rng, choose)
         return reader.get_batch(indices).asnumpy(), indices  # [t, H, W, 3]
 
     def _read_pyav(self, path: str, train: bool, rng: random.Random | None,
@@ -158,8 +196,7 @@ class VideoReader:
                 seconds = (float(stream.duration * stream.time_base) if stream.duration
                            else (container.duration or 0) / av.time_base)
                 total = int(seconds * fps)
-            total = self._usable_frames(path, total, fps)
-            indices = self._sample(total, train, rng, choose)
+            indices = self._frame_indices(path, total, fps, train, rng, choose)
             wanted = set(indices)
             decoded: dict[int, np.ndarray] = {}
             for i, frame in enumerate(container.decode(stream)):

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import random
+import socket
 import subprocess
 import sys
 import time
@@ -313,6 +314,25 @@ def test_torchrun_with_close_caption_batches_takes_the_one_process_steps(synthet
     for a, b in zip(one, two):
         assert b.get("train_loss") == pytest.approx(a.get("train_loss"), rel=1e-4)
         assert _flat(b["metrics"]) == pytest.approx(_flat(a["metrics"]), rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_torch_distributed_launch_runs_as_torchrun_does(single_run, synthetic_dir, tmp_path):
+    """CLIP4Clip's launcher (`python -m torch.distributed.launch`, which passes --local-rank=N) with
+    its entry point name: the same steps as one process."""
+    single_dir, _ = single_run
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.launch", "--nproc_per_node", "2", "--master_port", str(port),
+           str(REPO / "main_task_retrieval.py"), *_run_flags(tmp_path, synthetic_dir, "launch")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for a, b in zip(_records(single_dir)[:2], _records(tmp_path / "launch")[:2]):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+    log = (tmp_path / "launch" / "log.txt").read_text()
+    assert "processes 2" in log and "--local_rank 0 -> process 0 of this machine (LOCAL_RANK" in log
 
 
 def _killed_after_first_epoch(monkeypatch, flags: list[str]) -> int:

@@ -1,4 +1,4 @@
-"""scripts/benchmark_tempme.py and scripts/visualize_tempme.py on tiny models and data."""
+"""scripts/benchmark_tempme.py, scripts/visualize_tempme.py and scripts/tempme_length.py on tiny models and data."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from scripts import benchmark_tempme, visualize_tempme
+from scripts import benchmark_tempme, tempme_length, visualize_tempme
 
 ROW_KEYS = {"type", "ratio", "frames_in", "frames_out", "encode_ms", "compressor_ms", "gflops", "peak_mem_mb"}
 
@@ -128,3 +128,14 @@ def test_visualizer_requires_tempme(tmp_path, synthetic_flags):
     flags[flags.index("--use_tempme") + 1] = "False"
     with pytest.raises(SystemExit):
         visualize_tempme.main(["--out_dir", str(tmp_path), "--"] + flags)
+
+
+def test_adaptive_keeps_more_frames_of_longer_videos_read_at_a_frame_rate():
+    """Real mp4 files read at 1 frame per second: 4 s, 16 s and 64 s of each content."""
+    rows = tempme_length.main(["--durations", "4", "16", "64", "--framerates", "1"])
+    assert [row["decoded"] for row in rows] == [4, 16, 48]
+    for content in tempme_length.CONTENTS:
+        kept = [row[content] for row in rows]
+        assert kept == sorted(kept), (content, kept)
+    assert [row["still"] for row in rows] == [4, 8, 8]
+    assert rows[-1]["pan"] == 16 > rows[-1]["cuts"] > rows[-1]["still"]

@@ -28,7 +28,6 @@ import logging
 import os
 import shutil
 import tempfile
-from typing import Callable
 
 import numpy as np
 
@@ -227,19 +226,30 @@ def add_distractors(frames: np.ndarray, count: int, keep: list[int], rng: np.ran
     return sorted(written)
 
 
-def event_frame_choice(mode: str, folder: str) -> Callable[[str, list[int], int], list[int]] | None:
+def event_frame_choice(mode: str, folder: str) -> "EventFrameChoice | None":
     """The frames a reference row reads from this dataset's clips (`--synthetic_event_frames`), from
     the generator's record of where each captioned event is (`attributes.json`): None for "sampled"
     (the loader's own sampling); "always" swaps the sampled frame nearest the event for the event
     frame nearest it, unless one is sampled already (an oracle: a ceiling for frame selection, not
     a method); "never" swaps every sampled event frame for the nearest frame that is neither an
-    event frame nor sampled (the floor). Returns `(video_id, sampled, usable frames) -> indices`."""
+    event frame nor sampled (the floor)."""
     if mode == "sampled":
         return None
     with open(os.path.join(folder, "attributes.json")) as f:
         events = {video_id: record["event_frames"] for video_id, record in json.load(f).items()}
-    choose = _with_event if mode == "always" else _without_event
-    return lambda video_id, sampled, total: choose(sampled, events[video_id], total)
+    return EventFrameChoice(mode == "always", events)
+
+
+class EventFrameChoice:
+    """`(video_id, sampled indices, usable frames) -> indices` with (`with_event`) or without the
+    video's event frames; a class, not a closure, so that loader workers can be spawned with it."""
+
+    def __init__(self, with_event: bool, events: dict[str, list[int]]):
+        self.with_event, self.events = with_event, events
+
+    def __call__(self, video_id: str, sampled: list[int], total: int) -> list[int]:
+        choose = _with_event if self.with_event else _without_event
+        return choose(sampled, self.events[video_id], total)
 
 
 def _with_event(sampled: list[int], event: list[int], total: int) -> list[int]:

@@ -91,6 +91,7 @@ OPTIONAL: dict[str, list[str]] = {
     "basic_distinct": [*_BASIC, "--tempme_teacher", "distinct"],
     "basic_mix": [*_BASIC, "--tempme_teacher", "mix"],
     "basic_none": [*_BASIC, "--tempme_aux_weight", "0"],
+    "basic_completion": [*_BASIC, "--tempme_teacher", "completion"],
     "simple": ["--max_frames", str(INPUT_FRAMES), "--use_tempme", "True", "--tempme_type", "simple",
                "--tempme_compression_ratio", f"{CLIP_FRAMES / INPUT_FRAMES:.4f}"],
     "uniform8_merge": [*_UNIFORM, "--token_merge", "frame"],
@@ -123,6 +124,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help=f"training seeds (full: {FULL['seeds']})")
     parser.add_argument("--base_epochs", type=int, default=None,
                         help=f"epochs of the base model (full: {FULL['base_epochs']})")
+    parser.add_argument("--base_warmup", type=int, default=None,
+                        help="base epochs with random batches before close-caption batches (main.py's "
+                             "--close_captions_warmup; default: half of --base_epochs)")
     parser.add_argument("--base_frames", type=int, default=16,
                         help="frames per clip the base model trains on, uniformly sampled with random offsets "
                              "(default: 16)")
@@ -155,6 +159,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     for key in ("base_epochs", "base_frames", "epochs", "num_videos", "num_test_videos", "batch_size", "jobs"):
         if getattr(own, key) < 1:
             parser.error(f"--{key} must be >= 1, got {getattr(own, key)}")
+    own.base_warmup = own.base_epochs // 2 if own.base_warmup is None else own.base_warmup
     if own.finetune_lr <= 0:
         parser.error(f"--finetune_lr must be > 0, got {own.finetune_lr}")
     own.configs = [REFERENCE, *(c for c in own.configs if c != REFERENCE)]   # every difference is taken against it
@@ -169,7 +174,8 @@ def run_argv(own: argparse.Namespace, extra: list[str], condition: str, config: 
     runs = os.path.join(own.out_dir, "runs")
     if config == "base":
         output_dir = runs
-        stage = ["--epochs", str(own.base_epochs), "--batch_size", str(BASE_BATCH), "--max_frames", str(own.base_frames)]
+        stage = ["--epochs", str(own.base_epochs), "--batch_size", str(BASE_BATCH), "--max_frames", str(own.base_frames),
+                 "--close_captions_warmup", str(own.base_warmup)]
     else:
         output_dir = os.path.join(runs, condition)
         stage = ["--epochs", str(own.epochs), "--batch_size", str(own.batch_size), "--lr", str(own.finetune_lr),
@@ -424,7 +430,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}",
         "minutes": round((time.perf_counter() - started) / 60, 1),
         "settings": {"seeds": own.seeds, "conditions": {c: CONDITIONS[c] for c in own.conditions},
-                     "base_epochs": own.base_epochs, "base_frames": own.base_frames, "base_batch_size": BASE_BATCH,
+                     "base_epochs": own.base_epochs, "base_warmup": own.base_warmup, "base_frames": own.base_frames,
+                     "base_batch_size": BASE_BATCH,
                      "epochs": own.epochs, "finetune_lr": own.finetune_lr, "batch_sampling": own.batch_sampling,
                      "num_videos": own.num_videos, "num_test_videos": own.num_test_videos,
                      "batch_size": own.batch_size, "clip_frames": CLIP_FRAMES, "input_frames": INPUT_FRAMES,

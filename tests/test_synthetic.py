@@ -3,6 +3,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -158,6 +159,7 @@ def test_event_frames_always_and_never(tmp_path):
     for mode in ("sampled", "always", "never"):
         data = build_dataset(params.get_args(flags + ["--synthetic_event_frames", mode]), "test", ones_tokenizer)
         seen[mode] = [data.load_video(i, train=False)[3].tolist() for i in range(len(data.video_ids))]
+        pickle.loads(pickle.dumps(data))            # loader workers may be spawned with the dataset
     with open(os.path.join(dataset_folders(params.get_args(flags))[0], "attributes.json")) as f:
         attributes = json.load(f)
     events = [set(attributes[v]["event_frames"]) for v in data.video_ids]

@@ -284,6 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--warmup_proportion", type=float, default=0.1, help="share of steps with linear warmup")
     optim.add_argument("--gradient_accumulation_steps", type=int, default=1,
                        help="batches per optimiser step")
+    optim.add_argument("--caption_contrast", type=float, default=LOSS.caption_contrast,
+                       help="weight of a caption-to-caption contrastive term: each caption's embedding must be told "
+                            "apart from the batch's captions of other videos, so that captions differing by one "
+                            "detail keep apart; for text towers trained from scratch (0 = off)")
     optim.add_argument("--grad_clip", type=float, default=1.0, help="max gradient norm (0 disables)")
 
     lineage.add_arguments(parser)

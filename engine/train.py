@@ -58,15 +58,19 @@ class NonFiniteLossError(UserError, RuntimeError):
     flags to change, so the run ends with that one line)."""
 
 
-def model_outputs(model: nn.Module, loss_fn: RetrievalLoss, inputs: list[torch.Tensor]) -> dict[str, Any]:
+def model_outputs(model: nn.Module, loss_fn: RetrievalLoss, inputs: list[torch.Tensor],
+                  video_index: torch.Tensor | None = None) -> dict[str, Any]:
     """The model's outputs for one batch (`input_ids`, `attention_mask`, `video`, `video_mask`), plus
-    what the loss's frame-selection teacher needs: every input frame of the first
-    `loss_fn.config.taught_videos(B)` videos embedded alone (`CLIP4Clip.frame_embeddings`, no
-    gradient) as "teacher_frame_emb", with their mask as "input_mask". `model` may be DDP-wrapped."""
+    what the loss needs besides: the batch's `video_index [B]` (whose captions are whose), and for
+    the frame-selection teacher every input frame of the first `loss_fn.config.taught_videos(B)`
+    videos embedded alone (`CLIP4Clip.frame_embeddings`, no gradient) as "teacher_frame_emb", with
+    their mask as "input_mask". `model` may be DDP-wrapped."""
     input_ids, attention_mask, video, video_mask = inputs
     if not video.is_floating_point():
         video = normalize_video(video)  # once: the model and the teacher share it
     outputs = model(input_ids, attention_mask, video, video_mask)
+    if video_index is not None:
+        outputs["video_index"] = video_index
     taught = loss_fn.config.taught_videos(video.shape[0])
     if taught:
         towers = model.module if isinstance(model, DistributedDataParallel) else model
@@ -110,11 +114,12 @@ def train_one_epoch(model: nn.Module, loss_fn: RetrievalLoss, loader: Iterable[d
             bad_videos += int(batch["num_bad_videos"].sum()) if "num_bad_videos" in batch else 0
             samples += batch["input_ids"].shape[0]
             inputs = [batch[k].to(device, non_blocking=True) for k in MODEL_INPUTS]
+            video_index = batch["video_index"].to(device) if "video_index" in batch else None
             # Gradients are synchronised across ranks only on the last batch of a window.
             sync = contextlib.nullcontext() if last_in_window or not hasattr(model, "no_sync") else model.no_sync()
             with sync:
                 with autocast(precision, device):
-                    loss = loss_fn(model_outputs(model, loss_fn, inputs))
+                    loss = loss_fn(model_outputs(model, loss_fn, inputs, video_index))
                 finite = distributed.all_reduce_number(0.0 if torch.isfinite(loss).item() else 1.0, "max") == 0
                 if finite:
                     scaler.scale(loss * world / accum).backward()

@@ -44,6 +44,22 @@ def symmetric_infonce(text_emb: torch.Tensor, video_emb: torch.Tensor, logit_sca
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
 
 
+def caption_contrast_loss(text_emb: torch.Tensor, logit_scale: torch.Tensor,
+                          owners: torch.Tensor | None = None) -> torch.Tensor:
+    """Each caption told apart from the batch's other captions: the cross-entropy of
+    `logit_scale * cos(text_i, text_j)` over j at j = i, for text `[N, D]`. Captions of the same
+    video (`owners [N]`, the video of each caption) are not each other's negatives. Keeps captions
+    that differ by one detail from collapsing onto one embedding, which contrastive training from
+    scratch otherwise allows as long as the videos do not yet show the detail either. A scalar."""
+    texts = F.normalize(text_emb.float(), dim=-1)
+    logits = logit_scale.detach().float() * texts @ texts.t()
+    labels = torch.arange(texts.shape[0], device=texts.device)
+    if owners is not None:
+        same_video = (owners[:, None] == owners[None, :]) & (labels[:, None] != labels[None, :])
+        logits = logits.masked_fill(same_video, float("-inf"))
+    return F.cross_entropy(logits, labels)
+
+
 def frame_score_loss(scores: torch.Tensor, target_logits: torch.Tensor, video_mask: torch.Tensor) -> torch.Tensor:
     """Cross-entropy from softmax(target_logits) to softmax(scores) over the real frames.
 
@@ -135,11 +151,13 @@ TEACHERS = ("distinct", "text", "mix", "completion")
 
 @dataclass
 class LossConfig:
-    """The frame-selection flags of the loss, their defaults the flags': `--tempme_aux_weight`
+    """The loss's flags, their defaults the flags': `--caption_contrast` (`caption_contrast`: weight
+    of `caption_contrast_loss`, 0 = off), and TempMe's frame-selection term: `--tempme_aux_weight`
     (`aux_weight`, 0 = no frame-selection term), `--tempme_teacher` (`teacher`) and
     `--tempme_teacher_share` (`teacher_share`: the share of each batch's videos, the first
     ceil(share * B), whose every input frame the model embeds for the teacher; a share, not every
     video, because those frames are what TempMe saves CLIP from)."""
+    caption_contrast: float = 0.0
     aux_weight: float = 1.0
     teacher: str = "text"
     teacher_share: float = 0.25
@@ -147,11 +165,13 @@ class LossConfig:
     @classmethod
     def from_flags(cls, flags: Any) -> "LossConfig":
         """From any object carrying the flags as attributes."""
-        return cls(aux_weight=flags.tempme_aux_weight, teacher=flags.tempme_teacher,
-                   teacher_share=flags.tempme_teacher_share)
+        return cls(caption_contrast=flags.caption_contrast, aux_weight=flags.tempme_aux_weight,
+                   teacher=flags.tempme_teacher, teacher_share=flags.tempme_teacher_share)
 
     def validate(self) -> None:
         """Raise ValueError naming the flag for values the loss cannot use."""
+        if self.caption_contrast < 0:
+            raise ValueError(f"--caption_contrast must be >= 0 (0 turns it off), got {self.caption_contrast}")
         if self.aux_weight < 0:
             raise ValueError(f"--tempme_aux_weight must be >= 0 (0 turns the auxiliary loss off), got {self.aux_weight}")
         if self.teacher not in TEACHERS:
@@ -200,12 +220,19 @@ class RetrievalLoss(nn.Module):
                 + standardised(relevance, mask) / self.aux_temperature)
 
     def forward(self, outputs: dict[str, Any], output_dict: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
-        """`outputs` of `CLIP4Clip.forward` (plus the teacher's frame embeddings, see the class) ->
-        the scalar loss, or with `output_dict` {"contrastive", "frame_selection" (if computed), "loss"}."""
+        """`outputs` of `CLIP4Clip.forward` (plus the teacher's frame embeddings, see the class, and
+        the batch's "video_index" `[B]` for the caption contrast) -> the scalar loss, or with
+        `output_dict` {"contrastive", "caption_contrast", "frame_selection" (those computed), "loss"}."""
         losses = {"contrastive": symmetric_infonce(all_gather_with_grad(outputs["text_emb"]),
                                                    all_gather_with_grad(outputs["video_emb"]),
                                                    outputs["logit_scale"])}
         loss = losses["contrastive"]
+        if self.config.caption_contrast > 0:
+            owners = outputs.get("video_index")
+            losses["caption_contrast"] = caption_contrast_loss(
+                all_gather_with_grad(outputs["text_emb"]), outputs["logit_scale"],
+                None if owners is None else all_gather_with_grad(owners))
+            loss = loss + self.config.caption_contrast * losses["caption_contrast"]
         if self.config.aux_weight > 0 and "teacher_frame_emb" in outputs:
             taught = outputs["teacher_frame_emb"].shape[0]
             losses["frame_selection"] = frame_score_loss(outputs["info"]["scores"][:taught],

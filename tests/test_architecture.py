@@ -70,7 +70,7 @@ def _flag_of(config: type, name: str) -> str:
     if config is TokenMergeConfig:
         return {"mode": "token_merge", "r": "token_merge_r"}[name]
     if config is LossConfig:
-        return f"tempme_{name}"
+        return name if name == "caption_contrast" else f"tempme_{name}"
     return name
 
 

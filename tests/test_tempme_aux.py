@@ -2,6 +2,9 @@
 frame teacher's inputs that the training step adds to the model's outputs (`engine.train.model_outputs`)."""
 from __future__ import annotations
 
+import math
+import statistics
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,8 +15,8 @@ from engine.train import model_outputs
 from modules.clip import normalize_video, random_clip_state_dict
 from modules.clip4clip import CLIP4Clip
 from modules.factory import build_model
-from modules.loss import (LossConfig, RetrievalLoss, caption_relevance_targets, completion_targets,
-                          distinctiveness_targets)
+from modules.loss import (LossConfig, RetrievalLoss, caption_contrast_loss, caption_relevance_targets,
+                          completion_targets, distinctiveness_targets)
 
 SIDE, WORDS, T_IN = 64, 12, 6
 
@@ -203,3 +206,42 @@ def test_completion_teacher_prefers_the_frame_that_completes_the_others():
     again = completion_targets(padded, torch.cat([mask, torch.zeros(1, 2)], 1), torch.tensor([[0, 1, 3, -1]]),
                                captions, scale)
     torch.testing.assert_close(again[0, :5], completion[0])
+
+
+def test_caption_contrast_tells_captions_apart_but_not_those_of_one_video():
+    torch.manual_seed(0)
+    texts = torch.randn(4, 8, requires_grad=True)
+    scale = torch.tensor(10.0)
+    got = caption_contrast_loss(texts, scale)
+    unit = F.normalize(texts.detach(), dim=-1)
+    expected = statistics.fmean(-math.log(math.exp(10 * float(unit[i] @ unit[i]))
+                                          / sum(math.exp(10 * float(unit[i] @ unit[j])) for j in range(4)))
+                                for i in range(4))
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+    # Captions 0 and 1 belong to one video: neither is the other's negative.
+    owners = torch.tensor([0, 0, 1, 2])
+    masked = caption_contrast_loss(texts, scale, owners)
+    rows = [[j for j in range(4) if j == i or owners[j] != owners[i]] for i in range(4)]
+    expected = statistics.fmean(-math.log(math.exp(10 * float(unit[i] @ unit[i]))
+                                          / sum(math.exp(10 * float(unit[i] @ unit[j])) for j in rows[i]))
+                                for i in range(4))
+    assert masked.item() == pytest.approx(expected, rel=1e-5)
+    # Two captions that (nearly) collapsed are pushed apart by its gradient.
+    close = torch.stack([torch.eye(8)[0], torch.eye(8)[0] + 0.01 * torch.eye(8)[1], torch.eye(8)[2]]).requires_grad_()
+    (grad,) = torch.autograd.grad(caption_contrast_loss(close, scale), close)
+    before, after = F.normalize(close.detach(), dim=-1), F.normalize(close.detach() - 0.5 * grad, dim=-1)
+    assert float(after[0] @ after[1]) < float(before[0] @ before[1])
+
+
+def test_retrieval_loss_adds_the_weighted_caption_contrast():
+    torch.manual_seed(0)
+    outputs = {"text_emb": torch.randn(4, 8), "video_emb": torch.randn(4, 8), "logit_scale": torch.tensor(10.0),
+               "video_index": torch.tensor([0, 0, 1, 2])}
+    plain = RetrievalLoss(LossConfig(aux_weight=0.0))(outputs, output_dict=True)
+    with_contrast = RetrievalLoss(LossConfig(aux_weight=0.0, caption_contrast=0.5))(outputs, output_dict=True)
+    assert "caption_contrast" not in plain
+    expected = caption_contrast_loss(outputs["text_emb"], outputs["logit_scale"], outputs["video_index"])
+    torch.testing.assert_close(with_contrast["caption_contrast"], expected)
+    torch.testing.assert_close(with_contrast["loss"], plain["loss"] + 0.5 * expected)
+    with pytest.raises(ValueError, match="caption_contrast"):
+        RetrievalLoss(LossConfig(caption_contrast=-1.0))

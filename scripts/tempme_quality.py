@@ -8,8 +8,11 @@ test partner differs from it only by that event, in two conditions:
                  another scene), more than the 8-frame budget can hold
 
 Per seed a base STOP model (the `--demo` model: tiny CLIP, spatial and temporal prompts on) is
-trained on the clean clips (`base`: `--base_frames` frames, `--base_epochs` epochs, batches of close
-captions); then, in each condition, every configuration starts from it (`--init_model`; STOP's
+trained on the clean clips (`base`: `--base_frames` frames with the event frame swapped in
+(`--base_event_frames always`: a device of the instrument, so that every configuration starts from
+a model that reads the events when it sees them; a tiny CLIP trained from scratch on uniform frames
+does not learn them), `--base_epochs` epochs, batches of close captions after `--base_warmup`
+random ones, `--caption_contrast`); then, in each condition, every configuration starts from it (`--init_model`; STOP's
 per-frame prompt table is resampled to the configuration's frame count) and gets the same
 fine-tuning budget on that condition's clips (`--epochs`, `--batch_size`, `--finetune_lr`, seed):
 
@@ -18,7 +21,8 @@ fine-tuning budget on that condition's clips (`--epochs`, `--batch_size`, `--fin
                  the generator's record (`--synthetic_event_frames always`): a ceiling, not a method  (8)
     spoiled8     uniform8 with every sampled event frame swapped for its neighbour (`never`): the floor (8)
     uniform48    every frame, six times the CLIP cost                                 (48)
-    basic_text   48 -> 8 with TempMeCompressor, taught caption relevance             (8)
+    basic_text        48 -> 8 with TempMeCompressor, taught caption relevance        (8)
+    basic_completion  48 -> 8 with TempMeCompressor, taught what a frame adds to the others  (8)
 
 (selectable with `--configs`: basic_distinct, basic_mix, basic_none (no teacher), simple,
 uniform8_merge and basic_merge (`--token_merge frame`), adaptive 48 -> [4, 12]).
@@ -85,13 +89,13 @@ CONFIGS: dict[str, list[str]] = {
     "spoiled8": [*_UNIFORM, "--synthetic_event_frames", "never"],
     "uniform48": ["--max_frames", str(INPUT_FRAMES)],
     "basic_text": [*_BASIC, "--tempme_teacher", "text"],
+    "basic_completion": [*_BASIC, "--tempme_teacher", "completion"],
 }
 # Selectable with --configs, not part of the default study (default teacher where one applies).
 OPTIONAL: dict[str, list[str]] = {
     "basic_distinct": [*_BASIC, "--tempme_teacher", "distinct"],
     "basic_mix": [*_BASIC, "--tempme_teacher", "mix"],
     "basic_none": [*_BASIC, "--tempme_aux_weight", "0"],
-    "basic_completion": [*_BASIC, "--tempme_teacher", "completion"],
     "simple": ["--max_frames", str(INPUT_FRAMES), "--use_tempme", "True", "--tempme_type", "simple",
                "--tempme_compression_ratio", f"{CLIP_FRAMES / INPUT_FRAMES:.4f}"],
     "uniform8_merge": [*_UNIFORM, "--token_merge", "frame"],
@@ -127,9 +131,13 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--base_warmup", type=int, default=None,
                         help="base epochs with random batches before close-caption batches (main.py's "
                              "--close_captions_warmup; default: half of --base_epochs)")
-    parser.add_argument("--base_frames", type=int, default=16,
-                        help="frames per clip the base model trains on, uniformly sampled with random offsets "
-                             "(default: 16)")
+    parser.add_argument("--base_frames", type=int, default=8,
+                        help="frames per clip the base model trains on (default: 8)")
+    parser.add_argument("--base_event_frames", choices=params.SYNTHETIC_EVENT_FRAMES, default="always",
+                        help="frames the base trains on (main.py's --synthetic_event_frames): always (default) "
+                             "swaps the sampled frame nearest the event for an event frame, so the base learns "
+                             "what the captioned events look like and every configuration starts from a model that "
+                             "reads them when it sees them; sampled: the loader's own frames")
     parser.add_argument("--epochs", type=int, default=None,
                         help=f"fine-tuning epochs of every configuration (full: {FULL['epochs']})")
     parser.add_argument("--num_videos", type=int, default=None, help=f"synthetic train videos (full: {FULL['num_videos']})")
@@ -142,6 +150,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--batch_sampling", choices=params.BATCH_SAMPLING, default="close_captions",
                         help="how the base and every fine-tuning form their batches (main.py's --batch_sampling; "
                              "default: close_captions)")
+    parser.add_argument("--caption_contrast", type=float, default=1.0,
+                        help="main.py's --caption_contrast for the base and every fine-tuning (default: 1.0)")
     parser.add_argument("--conditions", nargs="+", choices=tuple(CONDITIONS), default=list(CONDITIONS),
                         help="data conditions (default: both)")
     parser.add_argument("--configs", nargs="+", choices=tuple(RUN_FLAGS), default=list(CONFIGS),
@@ -175,12 +185,13 @@ def run_argv(own: argparse.Namespace, extra: list[str], condition: str, config: 
     if config == "base":
         output_dir = runs
         stage = ["--epochs", str(own.base_epochs), "--batch_size", str(BASE_BATCH), "--max_frames", str(own.base_frames),
-                 "--close_captions_warmup", str(own.base_warmup)]
+                 "--close_captions_warmup", str(own.base_warmup), "--synthetic_event_frames", own.base_event_frames]
     else:
         output_dir = os.path.join(runs, condition)
         stage = ["--epochs", str(own.epochs), "--batch_size", str(own.batch_size), "--lr", str(own.finetune_lr),
                  "--init_model", os.path.join(runs, f"base_s{seed}", checkpoint.BEST), *RUN_FLAGS[config]]
     return ["--demo", "--no_progress", *STUDY_FLAGS, "--batch_sampling", own.batch_sampling,
+            "--caption_contrast", str(own.caption_contrast),
             "--synthetic_num_frames", str(INPUT_FRAMES), "--synthetic_event_fraction", "1.0",
             "--synthetic_distractor_frames", str(CONDITIONS[condition]),
             "--synthetic_num_videos", str(own.num_videos), "--synthetic_num_test_videos", str(own.num_test_videos),
@@ -432,7 +443,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "settings": {"seeds": own.seeds, "conditions": {c: CONDITIONS[c] for c in own.conditions},
                      "base_epochs": own.base_epochs, "base_warmup": own.base_warmup, "base_frames": own.base_frames,
                      "base_batch_size": BASE_BATCH,
-                     "epochs": own.epochs, "finetune_lr": own.finetune_lr, "batch_sampling": own.batch_sampling,
+                     "base_event_frames": own.base_event_frames, "epochs": own.epochs, "finetune_lr": own.finetune_lr,
+                     "batch_sampling": own.batch_sampling, "caption_contrast": own.caption_contrast,
                      "num_videos": own.num_videos, "num_test_videos": own.num_test_videos,
                      "batch_size": own.batch_size, "clip_frames": CLIP_FRAMES, "input_frames": INPUT_FRAMES,
                      "extra_main_flags": extra},
@@ -447,7 +459,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         json.dump(result, f, indent=1)
     chart(summaries, f"STOP on synthetic 48-frame clips, {len(own.seeds)} seeds, {own.batch_sampling} batches: "
                      f"partner accuracy after {own.epochs} fine-tuning epochs from the base", own.png)
-    print(f"base ({own.base_frames} frames, clean clips, tested on {own.base_frames}): partner accuracy "
+    print(f"base ({own.base_frames} frames, event frames {own.base_event_frames}, clean clips, tested the same "
+          f"way): partner accuracy "
           f"{base_summary['partner']['mean']:.1f} ± {base_summary['partner']['std']:.1f}, t2v R@1 "
           f"{base_summary['t2v_R1']['mean']:.1f} ± {base_summary['t2v_R1']['std']:.1f}")
     for condition in own.conditions:

@@ -245,3 +245,17 @@ def test_retrieval_loss_adds_the_weighted_caption_contrast():
     torch.testing.assert_close(with_contrast["loss"], plain["loss"] + 0.5 * expected)
     with pytest.raises(ValueError, match="caption_contrast"):
         RetrievalLoss(LossConfig(caption_contrast=-1.0))
+
+
+@pytest.mark.parametrize("tempme_type", ["simple", "basic", "adaptive"])
+def test_completion_teacher_reaches_the_selector(tiny_sd, tempme_type):
+    """The completion targets (built from the kept frames of the step's own selection) give every
+    compressor's score head a gradient through the frame-selection term."""
+    model = _model(tiny_sd, tempme_type, 1.0)
+    batch = list(_batch())
+    loss_fn = RetrievalLoss(LossConfig(aux_weight=1.0, teacher="completion", teacher_share=1.0))
+    outputs = model_outputs(model, loss_fn, batch, torch.tensor([0, 1, 2]))
+    aux = loss_fn(outputs, output_dict=True)["frame_selection"]
+    assert torch.isfinite(aux) and aux > 0
+    (grad,) = torch.autograd.grad(aux, _score_head(model))
+    assert grad.abs().sum() > 0

@@ -2,14 +2,17 @@
 
 `get_args(argv)` is the only entry point: `main.py`, the scripts and the tests all call it,
 so a flag means the same thing everywhere. Boolean flags accept True/False/1/0/yes/no and
-may be given bare (`--do_train` means `--do_train True`).
+may be given bare (`--do_train` means `--do_train True`). STOP's and CLIP4Clip's flags are read
+onto ours by `lineage.py`; `args.lineage` says how.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from typing import Callable
 
+import lineage
 from modules.clip import CLIP_CONFIGS
 from modules.clip4clip import PROMPT_MODES, VIDEO_OUTPUTS
 from modules.factory import ModelConfig
@@ -21,6 +24,8 @@ from modules.token_merge import TOKEN_MERGE_MODES, TokenMergeConfig
 CLIP_ARCHS = tuple(CLIP_CONFIGS)
 # `--dataset` choices; `dataloaders.PARSERS` reads each but "synthetic" (generated in MSR-VTT's layout).
 DATASETS = ("msrvtt", "msvd", "lsmdc", "activitynet", "didemo", "vatex", "synthetic")
+BATCH_SAMPLING = ("random", "close_captions")   # --batch_sampling (dataloaders.samplers)
+SYNTHETIC_EVENT_FRAMES = ("sampled", "always", "never")   # dataloaders.synthetic.event_frame_choice
 # The model configurations' defaults are the flags' defaults (written once, in the dataclasses).
 MODEL, STOP, TEMPME, MERGE, LOSS = ModelConfig(), StopConfig(), TempMeConfig(), TokenMergeConfig(), LossConfig()
 
@@ -74,8 +79,17 @@ def str2bool(value: str | bool) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean (True/False/1/0/yes/no), got {value!r}")
 
 
-def _add_bool(group: argparse._ArgumentGroup, name: str, default: bool, help: str) -> None:
-    group.add_argument(name, type=str2bool, nargs="?", const=True, default=default, metavar="BOOL", help=help)
+def _bool_or_text(value: str | bool) -> bool | str:
+    """A boolean, or the text itself when it is none (a value of STOP's that `lineage.read` reads)."""
+    try:
+        return str2bool(value)
+    except argparse.ArgumentTypeError:
+        return value
+
+
+def _add_bool(group: argparse._ArgumentGroup, name: str, default: bool, help: str,
+              parse: Callable[[str], bool | str] = str2bool) -> None:
+    group.add_argument(name, type=parse, nargs="?", const=True, default=default, metavar="BOOL", help=help)
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -117,8 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--init_model", default=None, help="trained checkpoint to load before train/eval")
     run.add_argument("--seed", type=int, default=42, help="model initialisation, data order, val holdout")
     run.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
-    run.add_argument("--precision", choices=("amp_bf16", "amp_fp16", "fp32"), default="amp_bf16",
-                     help="mixed precision on CUDA; CPU always runs fp32")
+    run.add_argument("--precision", choices=("amp_bf16", "amp_fp16", "fp32", "amp"), default="amp_bf16",
+                     help="mixed precision on CUDA (amp: STOP's name of amp_fp16); CPU always runs fp32")
     _add_bool(run, "--no_progress", False, "disable tqdm progress bars (batch jobs)")
     run.add_argument("--log_every", type=int, default=20, help="training log interval in steps")
     run.add_argument("--max_nonfinite_steps", type=int, default=10,
@@ -126,13 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bool(run, "--dsl", False, "also report dual-softmax (DSL) re-ranked metrics as a separate row")
 
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", "--datatype", dest="dataset", choices=DATASETS, default="msrvtt",
-                      help="--datatype is CLIP4Clip's name of this flag")
+    data.add_argument("--dataset", choices=DATASETS, default="msrvtt", help="the dataset (CLIP4Clip: --datatype)")
     data.add_argument("--val_holdout", type=int, default=500,
                       help="MSR-VTT without MSRVTT_JSFUSION_val.csv, and ActivityNet: training videos held out of "
                            "training as the val split (at most a tenth, drawn with --seed); 0: val is the test "
                            "split, so the best epoch is chosen on test (the lineage protocol)")
-    data.add_argument("--data_path", default=None, help="folder holding the annotation files")
+    data.add_argument("--data_path", default=None,
+                      help="folder holding the annotation files (MSR-VTT: also its MSRVTT_data.json, as CLIP4Clip "
+                           "passes it)")
     data.add_argument("--features_path", default=None, help="folder holding the videos")
     data.add_argument("--max_words", type=int, default=32, help="caption length in tokens, SOT/EOT included")
     data.add_argument("--max_frames", type=int, default=TEMPME.max_frames, help="frames per video reaching CLIP without TempMe")
@@ -141,10 +156,33 @@ def build_parser() -> argparse.ArgumentParser:
                       help="video decoder (decord retries a file it cannot read with pyav)")
     data.add_argument("--num_workers", type=int, default=4, help="data loader worker processes per GPU")
     data.add_argument("--train_frame_sampling", choices=("random", "uniform"), default="random",
-                      help="random: one random frame per segment (TSN); uniform: segment centres")
+                      help="random: one random frame per segment (TSN), or with --feature_framerate a random one "
+                           "of the frames each sampled frame stands for; uniform: as evaluation samples")
+    data.add_argument("--feature_framerate", type=int, default=None,
+                      help="sample R frames per second as CLIP4Clip does (0: every frame), so a longer video "
+                           "gives more frames, up to the frames loaded per video; default: that many frames "
+                           "spread over the whole video")
+    data.add_argument("--slice_framepos", type=int, choices=(0, 1, 2), default=2,
+                      help="with --feature_framerate, when a video gives more frames than are loaded: keep the "
+                           "first (0), the last (1) or spread evenly over them (2; CLIP4Clip's default is 0, "
+                           "its and STOP's commands pass 2)")
+    data.add_argument("--batch_sampling", choices=BATCH_SAMPLING, default="random",
+                      help="how training batches are formed: random, or close_captions: groups of "
+                           "--caption_group_size videos whose captions are nearest by their words, so that each "
+                           "batch holds the negatives a video is most easily confused with (docs/data.md)")
+    data.add_argument("--caption_group_size", type=int, default=4,
+                      help="close_captions: videos per group of close captions; must divide --batch_size")
+    data.add_argument("--close_captions_warmup", type=int, default=0,
+                      help="close_captions: the first N epochs form random batches (a model trained from scratch "
+                           "first learns the coarse differences there)")
     _add_bool(data, "--expand_msrvtt_sentences", False, "MSR-VTT: train on every caption of the train videos")
     data.add_argument("--msrvtt_train_csv", default="MSRVTT_train.9k.csv",
-                      help="MSR-VTT train split file (MSRVTT_train.9k.csv or MSRVTT_train.7k.csv)")
+                      help="MSR-VTT train split file (MSRVTT_train.9k.csv or MSRVTT_train.7k.csv), in --data_path "
+                           "or a path")
+    data.add_argument("--msrvtt_test_csv", default="MSRVTT_JSFUSION_test.csv",
+                      help="MSR-VTT test split file (1k-A), in --data_path or a path")
+    data.add_argument("--msrvtt_data_json", default="MSRVTT_data.json",
+                      help="MSR-VTT captions file, in --data_path or a path")
     data.add_argument("--video_max_seconds", type=float, default=None,
                       help="read only the first N seconds of each video (DiDeMo uses 30)")
     data.add_argument("--synthetic_dir", default=None,
@@ -158,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--synthetic_distractor_frames", type=int, default=0,
                       help="uncaptioned outlier frames per synthetic video (noise bursts, cuts), in bursts of 2-3")
     data.add_argument("--synthetic_seed", type=int, default=0, help="seed of the synthetic dataset's generator")
+    data.add_argument("--synthetic_event_frames", choices=SYNTHETIC_EVENT_FRAMES, default="sampled",
+                      help="frames read from the synthetic clips, from the generator's record of each captioned "
+                           "event: sampled (as the loader samples them), always (the sampled frame nearest the "
+                           "event is swapped for an event frame: an oracle, the ceiling of frame selection) or "
+                           "never (sampled event frames are swapped for their nearest other frames: the floor)")
 
     model = parser.add_argument_group("model")
     model.add_argument("--pretrained_dir", default="modules", help="folder holding OpenAI's CLIP weights")
@@ -168,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="random: random-init CLIP of --clip_arch (demo, benchmarks, tests)")
     model.add_argument("--clip_arch", choices=CLIP_ARCHS, default="ViT-B/32", help="architecture for --clip_init random")
     _add_bool(model, "--train_clip", MODEL.train_clip, "fine-tune CLIP itself (lr * coef_lr)")
+    model.add_argument("--clip_frozen_layers", type=int, default=MODEL.clip_frozen_layers,
+                       help="with --train_clip: -1 fine-tunes all of CLIP; N >= 0 keeps its input embeddings and "
+                            "first N blocks of each tower frozen, as CLIP4Clip's --freeze_layer_num N")
     model.add_argument("--prompt_mode", choices=PROMPT_MODES, default=MODEL.prompt_mode,
                        help="none: plain CLIP4Clip meanP (zero-shot / baselines)")
     model.add_argument("--video_output", choices=VIDEO_OUTPUTS, default=MODEL.video_output,
@@ -182,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bool(stop, "--text_postfix_before_eot", STOP.text_postfix_before_eot,
               "ablation: place postfix text prompts before EOT so they can influence it")
     _add_bool(stop, "--spatial_prompt", STOP.spatial_prompt, "intra-frame spatial prompts")
-    _add_bool(stop, "--temporal_prompt", STOP.temporal_prompt, "inter-frame temporal prompts")
+    _add_bool(stop, "--temporal_prompt", STOP.temporal_prompt, "inter-frame temporal prompts (STOP: group2-2)",
+              parse=_bool_or_text)
     stop.add_argument("--spatial_topk", type=int, default=STOP.spatial_topk, help="patches selected per frame")
     stop.add_argument("--prompt_scale", type=float, default=STOP.prompt_scale, help="scale of the spatial/temporal prompts")
     stop.add_argument("--spatial_dropout", type=float, default=STOP.spatial_dropout, help="dropout of the spatial prompt module")
@@ -237,7 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--warmup_proportion", type=float, default=0.1, help="share of steps with linear warmup")
     optim.add_argument("--gradient_accumulation_steps", type=int, default=1,
                        help="batches per optimiser step")
+    optim.add_argument("--caption_contrast", type=float, default=LOSS.caption_contrast,
+                       help="weight of a caption-to-caption contrastive term: each caption's embedding must be told "
+                            "apart from the batch's captions of other videos, so that captions differing by one "
+                            "detail keep apart; for text towers trained from scratch (0 = off)")
     optim.add_argument("--grad_clip", type=float, default=1.0, help="max gradient norm (0 disables)")
+
+    lineage.add_arguments(parser)
+    parser.set_defaults(lineage=[])   # how their flags were read (`lineage.read`); none given: nothing
     return parser
 
 
@@ -250,7 +304,9 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
     for name in positive:
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    for name in ("num_workers", "val_holdout", "synthetic_distractor_frames"):
+    if args.feature_framerate is not None and args.feature_framerate < 0:
+        parser.error(f"--feature_framerate must be >= 0 (0: every frame), got {args.feature_framerate}")
+    for name in ("num_workers", "val_holdout", "synthetic_distractor_frames", "close_captions_warmup"):
         if getattr(args, name) < 0:
             parser.error(f"--{name} must be >= 0, got {getattr(args, name)}")
     if args.max_words < 2:
@@ -261,6 +317,10 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
     for name in ("warmup_proportion", "synthetic_event_fraction"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             parser.error(f"--{name} must be in [0, 1], got {getattr(args, name)}")
+    if args.batch_sampling == "close_captions" and (args.caption_group_size < 2
+                                                    or args.batch_size % args.caption_group_size):
+        parser.error(f"--caption_group_size must be >= 2 and divide --batch_size {args.batch_size}, "
+                     f"got {args.caption_group_size}")
     for config in (ModelConfig, LossConfig):
         try:
             config.from_flags(args).validate()
@@ -278,13 +338,27 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
                 parser.error(f"--{name} is required for --dataset {args.dataset}")
 
 
+def _given_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
+    """Destinations of the flags `argv` gives: parsed again onto a namespace in which every
+    destination is already set, where argparse fills in no default."""
+    unset = object()
+    names = {action.dest for action in parser._actions if action.dest != lineage.GIVEN}
+    namespace = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(names, unset)))
+    return {name for name in names if getattr(namespace, name) is not unset}
+
+
 def get_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse `argv` (default: `sys.argv[1:]`) into a validated namespace."""
+    """Parse `argv` (default: `sys.argv[1:]`) into a validated namespace, STOP's and CLIP4Clip's
+    flags read onto ours (`args.lineage` lists how)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.demo:
         # Re-parse with demo values as defaults so explicit flags still win.
         parser.set_defaults(**DEMO_DEFAULTS)
         args = parser.parse_args(argv)
+    try:
+        lineage.read(args, _given_flags(parser, argv))
+    except ValueError as exc:
+        parser.error(str(exc))
     _validate(parser, args)
     return args

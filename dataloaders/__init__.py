@@ -4,7 +4,8 @@ Public API
 ----------
 `build_dataset(args, split, tokenizer) -> RetrievalDataset`, split in train/val/test.
     Items (dicts): `input_ids` long [L], `attention_mask` long [L] (1 where input_ids != 0),
-    `video` uint8 [T, 3, S, S], `video_mask` long [T] (1 = real frame), `video_id` str,
+    `video` uint8 [T, 3, S, S], `video_mask` long [T] (1 = real frame), `frame_indices` long [T]
+    (the file's frame index of each frame, -1 where padded), `video_id` str,
     `video_index` int, `caption_index` int, `video_ok` int (0: `video` is a zero stand-in for an
     unreadable/missing file), `num_bad_videos` int (bad videos met for this item; in training
     they were replaced by other items). T = `TempMeConfig.from_flags(args).num_input_frames`, S = --image_size.
@@ -18,12 +19,14 @@ Public API
     (id -> reason, this process only; see `base.py`), `val_protocol` (how val is made, one line)
     and `val_is_test` (val is the test split: model selection on test).
     Methods: `text_dataset()` -> items {input_ids, attention_mask, caption_index, video_index};
-    `video_dataset()` -> items {video, video_mask, video_index, video_id, video_ok, num_bad_videos},
+    `video_dataset()` -> items {video, video_mask, frame_indices, video_index, video_id, video_ok,
+    num_bad_videos},
     every unique video once, so evaluation decodes each video once.
 `build_dataloader(args, split, tokenizer) -> (DataLoader, sampler)` for the paired dataset;
 `make_loader(dataset, args, train) -> (DataLoader, sampler)` for any of the three datasets.
-    Training: an `EpochSampler` (the same global batches with one or N processes); call
-    `sampler.set_epoch(epoch)` before each epoch. Evaluation under torch.distributed: a
+    Training: an `EpochSampler` (random batches) or, with `--batch_sampling close_captions`, a
+    `CloseCaptionSampler` (batches of groups of videos with close captions); both give the same
+    global batches with one or N processes; call `sampler.set_epoch(epoch)` before each epoch. Evaluation under torch.distributed: a
     DistributedSampler (no shuffle, padded by repetition, so gather by `caption_index` /
     `video_index`), else None. `args.batch_size` is the global train batch.
 `make_reader(args) -> VideoReader` reads T frames of S px as the flags say (what every split uses).
@@ -37,7 +40,6 @@ import logging
 import os
 import random
 import signal
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -48,10 +50,11 @@ from modules.tempme import TempMeConfig
 
 from . import activitynet, didemo, lsmdc, msrvtt, msvd, synthetic, vatex
 from .base import Annotations, RetrievalDataset, Tokenizer, layout_hint, video_file_index
+from .samplers import CloseCaptionSampler, EpochSampler
 from .video_reader import VideoReader, VideoReadError
 
-__all__ = ["EpochSampler", "build_dataset", "build_dataloader", "clip_seconds", "make_loader", "make_reader",
-           "RetrievalDataset", "VideoReader", "VideoReadError", "PARSERS"]
+__all__ = ["CloseCaptionSampler", "EpochSampler", "build_dataset", "build_dataloader", "clip_seconds", "make_loader",
+           "make_reader", "RetrievalDataset", "VideoReader", "VideoReadError", "PARSERS"]
 
 logger = logging.getLogger("dataloaders")
 SPLITS = ("train", "val", "test")
@@ -82,9 +85,10 @@ def dataset_folders(args: argparse.Namespace) -> tuple[str, str]:
 def parse_annotations(args: argparse.Namespace, split: str, data_path: str) -> Annotations:
     """The split as the dataset's own files define it (see `split_annotations` for val)."""
     if args.dataset in ("msrvtt", "synthetic"):
-        train_csv = "MSRVTT_train.9k.csv" if args.dataset == "synthetic" else args.msrvtt_train_csv
-        return msrvtt.parse(data_path, split, train_csv=train_csv,
-                            expand_sentences=args.expand_msrvtt_sentences, dataset=args.dataset)
+        files = msrvtt.FILES if args.dataset == "synthetic" else {
+            "train_csv": args.msrvtt_train_csv, "test_csv": args.msrvtt_test_csv, "data_json": args.msrvtt_data_json}
+        return msrvtt.parse(data_path, split, **files, expand_sentences=args.expand_msrvtt_sentences,
+                            dataset=args.dataset)
     return PARSERS[args.dataset].parse(data_path, split)
 
 
@@ -137,9 +141,12 @@ def build_dataset(args: argparse.Namespace, split: str, tokenizer: Tokenizer) ->
     if missing:
         logger.warning("%s %s: %d of %d videos have no file under %s (run python -m dataloaders.check)",
                        args.dataset, split, missing, len(paths), features_path)
+    frame_choice = (synthetic.event_frame_choice(args.synthetic_event_frames, data_path)
+                    if args.dataset == "synthetic" else None)
     dataset = RetrievalDataset(annotations, paths, name=args.dataset, split=split, tokenizer=tokenizer,
                                max_words=args.max_words, reader=make_reader(args), train=split == "train",
-                               random_frames=args.train_frame_sampling == "random", seed=args.seed)
+                               random_frames=args.train_frame_sampling == "random", seed=args.seed,
+                               frame_choice=frame_choice)
     dataset.skipped_video_ids = skipped
     dataset.val_protocol, dataset.val_is_test = val_protocol, val_is_test
     return dataset
@@ -147,9 +154,11 @@ def build_dataset(args: argparse.Namespace, split: str, tokenizer: Tokenizer) ->
 
 def make_reader(args: argparse.Namespace) -> VideoReader:
     """The video reader the flags describe: `TempMeConfig.from_flags(args).num_input_frames` frames
-    of `--image_size` px per video, `--video_backend`, `--video_max_seconds`."""
+    of `--image_size` px per video, `--video_backend`, `--video_max_seconds`, `--feature_framerate`,
+    `--slice_framepos`."""
     return VideoReader(backend=args.video_backend, num_frames=TempMeConfig.from_flags(args).num_input_frames,
-                       image_size=args.image_size, max_seconds=args.video_max_seconds)
+                       image_size=args.image_size, max_seconds=args.video_max_seconds,
+                       framerate=args.feature_framerate, slice_framepos=args.slice_framepos)
 
 
 def clip_seconds(args: argparse.Namespace) -> float:
@@ -179,25 +188,9 @@ def init_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-class EpochSampler(DistributedSampler):
-    """Training order: a permutation of the dataset drawn from (seed, epoch) alone, of which each
-    of the `world` processes takes every world-th index. One process and N processes therefore
-    form the same global batches, and a resumed run the same order as an uninterrupted one.
-
-    Yields `(epoch, index)`: the dataset draws the item's randomness (caption, frame offsets) from
-    (seed, epoch, index), which also reaches persistent DataLoader workers (they hold their own
-    copy of the dataset, so an epoch set on the main process's copy would not). Call
-    `set_epoch(epoch)` before each epoch."""
-
-    def __init__(self, dataset: Dataset, world: int, rank: int, seed: int):
-        super().__init__(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        return ((self.epoch, index) for index in super().__iter__())
-
-
 def make_loader(dataset: Dataset, args: argparse.Namespace, train: bool) -> tuple[DataLoader, object]:
-    """DataLoader + sampler: `EpochSampler` for training; for evaluation a DistributedSampler
+    """DataLoader + sampler: `EpochSampler` or `CloseCaptionSampler` (`--batch_sampling`) for
+    training, whose `dataset` is a `RetrievalDataset`; for evaluation a DistributedSampler
     (no shuffle) under torch.distributed, else None (in order)."""
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     world = torch.distributed.get_world_size() if distributed else 1
@@ -207,7 +200,12 @@ def make_loader(dataset: Dataset, args: argparse.Namespace, train: bool) -> tupl
             raise UserError(f"--batch_size {args.batch_size} (global) must be divisible by the number of "
                             f"processes ({world}): pick a multiple of {world}")
         batch_size = args.batch_size // world
-        sampler = EpochSampler(dataset, world, rank, args.seed)
+        if args.batch_sampling == "close_captions":
+            sampler = CloseCaptionSampler(dataset, world, rank, args.seed, item_videos=dataset.item_videos(),
+                                          video_texts=dataset.video_texts(), group_size=args.caption_group_size,
+                                          warmup_epochs=args.close_captions_warmup)
+        else:
+            sampler = EpochSampler(dataset, world, rank, args.seed)
     else:
         batch_size = args.batch_size_val
         sampler = DistributedSampler(dataset, shuffle=False, drop_last=False) if distributed else None

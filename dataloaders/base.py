@@ -13,6 +13,7 @@ is complete only with `num_workers=0` (or in `python -m dataloaders.check`).
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -182,17 +183,21 @@ class RetrievalDataset(Dataset):
         random_frames: with `train`, TSN random offsets (True) or segment centres (False,
             `--train_frame_sampling uniform`).
         seed: with an (epoch, index) key, an item's randomness is drawn from (seed, epoch, index).
+        frame_choice: `(video_id, sampled indices, usable frames) -> indices` replacing the
+            sampled frames of a video (the synthetic set's event oracle and floor), or None.
     """
 
     def __init__(self, annotations: Annotations, video_paths: list[str | None], *, name: str,
                  split: str, tokenizer: Tokenizer, max_words: int, reader: VideoReader, train: bool,
-                 random_frames: bool = True, seed: int = 0):
+                 random_frames: bool = True, seed: int = 0,
+                 frame_choice: Callable[[str, list[int], int], list[int]] | None = None):
         if not annotations.captions:
             raise UserError(f"{name} {split}: the annotation files give no captions; check the files in "
                             f"--data_path")
         self.name, self.split, self.train = name, split, train
         self.random_frames = random_frames  # train only: TSN offsets, else segment centres
         self.seed = seed
+        self.frame_choice = frame_choice
         self.video_ids = annotations.video_ids
         self.captions = annotations.captions
         self.text_to_video = annotations.text_to_video
@@ -220,9 +225,10 @@ class RetrievalDataset(Dataset):
                 caption_index = rng.choice(self.video_to_captions[video_index])
             else:
                 caption_index, video_index = index, self.text_to_video[index]
-            video, mask, ok = self.load_video(video_index, train=self.train, rng=rng)
+            video, mask, ok, frame_indices = self.load_video(video_index, train=self.train, rng=rng)
             if ok or not self.train:
                 return {**self.encode_text(caption_index), "video": video, "video_mask": mask,
+                        "frame_indices": frame_indices,
                         "video_id": self.video_ids[video_index], "video_index": video_index,
                         "video_ok": int(ok), "num_bad_videos": num_bad + int(not ok)}
             num_bad += 1
@@ -248,26 +254,39 @@ class RetrievalDataset(Dataset):
             return "unreadable", str(exc), 0
         return "ok", "", int(mask.sum())
 
-    def load_video(self, video_index: int, train: bool,
-                   rng: random.Random | None = None) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        """uint8 `[T, 3, S, S]`, mask long `[T]`, ok; a failure gives zeros, mask 0, logged once.
-        `rng` draws the TSN offsets (default: the `random` module)."""
+    def load_video(self, video_index: int, train: bool, rng: random.Random | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, bool, torch.Tensor]:
+        """uint8 `[T, 3, S, S]`, mask long `[T]`, ok, and the file's frame index of each frame
+        (`frame_indices` long `[T]`, -1 where padded); a failure gives zeros, mask 0 and indices -1,
+        logged once. `rng` draws the TSN offsets (default: the `random` module); the dataset's
+        `frame_choice`, if any, replaces the sampled frames."""
         path = self.video_paths[video_index]
+        video_id = self.video_ids[video_index]
+        indices = torch.full((self.num_frames,), -1, dtype=torch.long)
         try:
             if path is None:
-                raise VideoReadError(f"<{self.video_ids[video_index]}>", "missing: no video file with this id "
-                                     "under --features_path")
-            video, mask = self.reader.read(path, train=train and self.random_frames, rng=rng)
-            return video, mask, True
+                raise VideoReadError(f"<{video_id}>", "missing: no video file with this id under --features_path")
+            choose = None if self.frame_choice is None else functools.partial(self.frame_choice, video_id)
+            video, mask, read = self.reader.read_with_indices(path, train=train and self.random_frames, rng=rng,
+                                                              choose=choose)
+            indices[:len(read)] = torch.tensor(read, dtype=torch.long)
+            return video, mask, True, indices
         except (VideoReadError, OSError) as exc:
-            video_id = self.video_ids[video_index]
             if video_id not in self.bad_videos:
                 self.bad_videos[video_id] = str(exc)
                 action = "replaced by another video" if train else "zero frames with mask 0"
                 logger.warning("%s %s: bad video %s (%s); %s", self.name, self.split, video_id, exc, action)
             size = self.reader.image_size
             return (torch.zeros(self.num_frames, 3, size, size, dtype=torch.uint8),
-                    torch.zeros(self.num_frames, dtype=torch.long), False)
+                    torch.zeros(self.num_frames, dtype=torch.long), False, indices)
+
+    def item_videos(self) -> list[int]:
+        """The video index of each item (`__getitem__` order)."""
+        return list(range(len(self.video_ids))) if self.one_item_per_video else list(self.text_to_video)
+
+    def video_texts(self) -> list[str]:
+        """All caption text of each video, joined (what close-caption batches compare)."""
+        return [" ".join(self.captions[c] for c in captions) for captions in self.video_to_captions]
 
     def text_dataset(self) -> "TextDataset":
         """Every caption once: items {input_ids, attention_mask, caption_index, video_index}."""
@@ -301,7 +320,7 @@ class VideoDataset(Dataset):
         return len(self.parent.video_ids)
 
     def __getitem__(self, index: int) -> dict:
-        video, mask, ok = self.parent.load_video(index, train=False)
-        return {"video": video, "video_mask": mask, "video_index": index,
+        video, mask, ok, frame_indices = self.parent.load_video(index, train=False)
+        return {"video": video, "video_mask": mask, "frame_indices": frame_indices, "video_index": index,
                 "video_id": self.parent.video_ids[index], "video_ok": int(ok),
                 "num_bad_videos": int(not ok)}

@@ -13,12 +13,13 @@ from .base import Annotations, field, group_captions, read_csv, read_json, requi
 CLIP_SECONDS = 15.0
 LAYOUT = """\
   MSRVTT_train.9k.csv        column video_id (or MSRVTT_train.7k.csv, see --msrvtt_train_csv)
-  MSRVTT_data.json           {"sentences": [{"video_id", "caption", ...}, ...], ...}
-  MSRVTT_JSFUSION_test.csv   columns key,vid_key,video_id,sentence (1k-A test)
+  MSRVTT_data.json           {"sentences": [{"video_id", "caption", ...}, ...], ...} (--msrvtt_data_json)
+  MSRVTT_JSFUSION_test.csv   columns key,vid_key,video_id,sentence (1k-A test; --msrvtt_test_csv)
   MSRVTT_JSFUSION_val.csv    optional, same columns; without it --val_holdout train videos are the val split
 --features_path: {video_id}.mp4 (or .webm), flat folder"""
-TEST_CSV = "MSRVTT_JSFUSION_test.csv"
 VAL_CSV = "MSRVTT_JSFUSION_val.csv"
+# The files under their usual names (what the synthetic set writes).
+FILES = {"train_csv": "MSRVTT_train.9k.csv", "test_csv": "MSRVTT_JSFUSION_test.csv", "data_json": "MSRVTT_data.json"}
 
 
 def has_val_file(data_path: str) -> bool:
@@ -26,15 +27,16 @@ def has_val_file(data_path: str) -> bool:
     return os.path.isfile(os.path.join(data_path, VAL_CSV))
 
 
-def parse(data_path: str, split: str, *, train_csv: str = "MSRVTT_train.9k.csv",
+def parse(data_path: str, split: str, *, train_csv: str, test_csv: str, data_json: str,
           expand_sentences: bool = False, dataset: str = "msrvtt") -> Annotations:
-    """Train: videos of `train_csv` with every caption of MSRVTT_data.json; one random caption per
-    video per item unless `expand_sentences`. Val/test: the JSFUSION csv, one caption per video
-    (val without MSRVTT_JSFUSION_val.csv: the test csv; `dataloaders.build_dataset` holds
-    training videos out instead unless --val_holdout 0)."""
+    """Train: videos of `train_csv` with every caption of `data_json`; one random caption per
+    video per item unless `expand_sentences`. Val/test: `test_csv` (1k-A), one caption per video;
+    val is MSRVTT_JSFUSION_val.csv where there is one (else the test csv; `dataloaders.build_dataset`
+    holds training videos out instead unless --val_holdout 0). File names are relative to
+    `data_path` or absolute."""
     if split == "train":
         video_ids = [str(v) for v in read_csv(require_file(dataset, data_path, train_csv), ("video_id",))["video_id"]]
-        data_file = require_file(dataset, data_path, "MSRVTT_data.json")
+        data_file = require_file(dataset, data_path, data_json)
         sentences = field(read_json(data_file, dict), "sentences", data_file, "the top level")
         wanted = set(video_ids)
         captions_of: dict[str, list[str]] = defaultdict(list)
@@ -45,11 +47,11 @@ def parse(data_path: str, split: str, *, train_csv: str = "MSRVTT_train.9k.csv",
         without = [v for v in video_ids if not captions_of[v]]
         if without:
             raise UserError(f"{dataset}: {len(without)} videos of {train_csv} have no caption in "
-                            f"MSRVTT_data.json (e.g. {without[:3]}); is it the matching data file?")
+                            f"{data_json} (e.g. {without[:3]}); is it the matching data file?")
         annotations = group_captions(video_ids, captions_of)
         annotations.one_item_per_video = not expand_sentences
         return annotations
-    name = VAL_CSV if split == "val" and has_val_file(data_path) else TEST_CSV
+    name = VAL_CSV if split == "val" and has_val_file(data_path) else test_csv
     path = require_file(dataset, data_path, name)
     table = read_csv(path, ("video_id", "sentence"))  # columns read by name
     video_ids = [str(v) for v in table["video_id"]]

@@ -21,6 +21,7 @@ folder and `os.rename` it into place; a process that loses the race reuses the w
 """
 from __future__ import annotations
 
+import fractions
 import hashlib
 import itertools
 import json
@@ -226,8 +227,54 @@ def add_distractors(frames: np.ndarray, count: int, keep: list[int], rng: np.ran
     return sorted(written)
 
 
-def write_mp4(path: str, frames: np.ndarray, fps: int = FPS) -> None:
-    """Encode uint8 `[F, H, W, 3]` (H, W even) as H.264 mp4 with PyAV."""
+def event_frame_choice(mode: str, folder: str) -> "EventFrameChoice | None":
+    """The frames a reference row reads from this dataset's clips (`--synthetic_event_frames`), from
+    the generator's record of where each captioned event is (`attributes.json`): None for "sampled"
+    (the loader's own sampling); "always" swaps the sampled frame nearest the event for the event
+    frame nearest it, unless one is sampled already (an oracle: a ceiling for frame selection, not
+    a method); "never" swaps every sampled event frame for the nearest frame that is neither an
+    event frame nor sampled (the floor)."""
+    if mode == "sampled":
+        return None
+    with open(os.path.join(folder, "attributes.json")) as f:
+        events = {video_id: record["event_frames"] for video_id, record in json.load(f).items()}
+    return EventFrameChoice(mode == "always", events)
+
+
+class EventFrameChoice:
+    """`(video_id, sampled indices, usable frames) -> indices` with (`with_event`) or without the
+    video's event frames; a class, not a closure, so that loader workers can be spawned with it."""
+
+    def __init__(self, with_event: bool, events: dict[str, list[int]]):
+        self.with_event, self.events = with_event, events
+
+    def __call__(self, video_id: str, sampled: list[int], total: int) -> list[int]:
+        choose = _with_event if self.with_event else _without_event
+        return choose(sampled, self.events[video_id], total)
+
+
+def _with_event(sampled: list[int], event: list[int], total: int) -> list[int]:
+    if not event or set(sampled) & set(event):
+        return sampled
+    position = min(range(len(sampled)), key=lambda i: min(abs(sampled[i] - e) for e in event))
+    out = list(sampled)
+    out[position] = min(event, key=lambda e: abs(e - sampled[position]))
+    return out
+
+
+def _without_event(sampled: list[int], event: list[int], total: int) -> list[int]:
+    out = list(sampled)
+    for i, index in enumerate(sampled):
+        if index in event:
+            free = [t for t in range(total) if t not in event and t not in out]
+            out[i] = min(free, key=lambda t: (abs(t - index), t)) if free else index
+    return sorted(out)
+
+
+def write_mp4(path: str, frames: np.ndarray, fps: float = FPS, seconds: list[float] | None = None) -> None:
+    """Encode uint8 `[F, H, W, 3]` (H, W even) as H.264 mp4 with PyAV, at `fps` (an int or a
+    `fractions.Fraction` such as 30000/1001), or at variable frame rate with frame f shown from
+    `seconds[f]` on (increasing, millisecond precision)."""
     import av
 
     with av.open(path, "w") as container:
@@ -236,8 +283,13 @@ def write_mp4(path: str, frames: np.ndarray, fps: int = FPS) -> None:
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": "17", "preset": "ultrafast"}
         stream.thread_count = 1
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        if seconds is not None:
+            stream.codec_context.time_base = fractions.Fraction(1, 1000)
+        for index, frame in enumerate(frames):
+            picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            if seconds is not None:
+                picture.pts, picture.time_base = round(seconds[index] * 1000), fractions.Fraction(1, 1000)
+            container.mux(stream.encode(picture))
         container.mux(stream.encode())
 
 

@@ -1,9 +1,11 @@
 """Decoding the sampled frames of one video file.
 
 `VideoReader.read(path, train=...)` returns uint8 frames `[T, 3, S, S]` and a mask `[T]`
-(1 = real frame). Only the sampled frames are converted to RGB; the resize (short side to S,
-bicubic, antialiased) and the centre crop run on uint8. Normalisation is left to the model
-(`modules.clip.normalize_video`, on the accelerator): uint8 is 4x less host work and host-to-device transfer.
+(1 = real frame). Which frames: T spread over the whole video (`sample_frame_indices`), or with a
+frame rate the frames CLIP4Clip's extractor takes (`framerate_frame_indices`). Only the sampled
+frames are converted to RGB; the resize (short side to S, bicubic, antialiased) and the centre crop
+run on uint8. Normalisation is left to the model (`modules.clip.normalize_video`, on the
+accelerator): uint8 is 4x less host work and host-to-device transfer.
 
 `VideoReader.read_windows(path, segment, stride)` reads a long video as overlapping windows
 (`plan_windows`), each sampled as `read` samples a whole clip, in one sequential pass of the
@@ -26,7 +28,10 @@ import torch
 import torch.nn.functional as F
 
 BACKENDS = ("decord", "pyav")
-
+# (sampled frame indices, usable frames of the file) -> the frame indices to decode instead.
+FrameChoice = Callable[[list[int], int], list[int]]
+# (frames in the file, frames per second) -> the frame indices to decode.
+_Pick = Callable[[int, float], list[int]]
 
 class VideoReadError(RuntimeError):
     """A video file exists but cannot be used; `reason` is a short human-readable cause."""
@@ -54,6 +59,35 @@ def sample_frame_indices(num_video_frames: int, num_samples: int, random_offsets
     for i in range(t):
         start, end = i * n // t, (i + 1) * n // t
         indices.append(rng.randrange(start, end) if random_offsets else (start + end - 1) // 2)
+    return indices
+
+
+def framerate_frame_indices(num_video_frames: int, fps: float, framerate: int, num_samples: int,
+                            slice_framepos: int, random_offsets: bool,
+                            rng: random.Random | None = None) -> list[int]:
+    """Frame indices as CLIP4Clip's extractor picks them at `framerate` frames per second.
+
+    The rate is truncated to an integer F (at least 1) and the video read as seconds of F frames:
+    in each second the first `framerate` frames at multiples of `F // framerate` (every frame for
+    `framerate` 0, or when F < `framerate`, where the reference fails). When more than
+    `num_samples` (T) frames result, `slice_framepos` keeps the first T (0), the last T (1) or
+    T spread evenly, `linspace` rounded down (2). `random_offsets` (training) moves each kept
+    frame to a random one among the `F // framerate` frames it stands for. Indices are increasing.
+    """
+    n, per_second = num_video_frames, max(1, int(fps))
+    step = max(1, per_second // framerate) if framerate > 0 else 1
+    offsets = range(0, per_second, step)[:framerate or per_second]
+    indices = [second + offset for second in range(0, n, per_second) for offset in offsets if second + offset < n]
+    if len(indices) > num_samples:
+        if slice_framepos == 0:
+            indices = indices[:num_samples]
+        elif slice_framepos == 1:
+            indices = indices[-num_samples:]
+        else:
+            indices = [indices[i] for i in np.linspace(0, len(indices) - 1, num_samples).astype(int)]
+    if random_offsets:
+        rng = rng or random
+        indices = [rng.randrange(index, min(index + step, n)) for index in indices]
     return indices
 
 
@@ -109,34 +143,43 @@ class VideoReader:
         num_frames: T, frames per video (`TempMeConfig.num_input_frames` of the flags).
         image_size: S, output side after resize + centre crop.
         max_seconds: read only the first N seconds of each video (None: all of it).
+        framerate: frames per second as CLIP4Clip samples them (`framerate_frame_indices`), or
+            None: T frames spread over the whole video (`sample_frame_indices`).
+        slice_framepos: with `framerate`, which T of more sampled frames are kept.
     """
 
     def __init__(self, *, backend: str = "decord", num_frames: int, image_size: int,
-                 max_seconds: float | None = None):
+                 max_seconds: float | None = None, framerate: int | None = None, slice_framepos: int = 2):
         if backend not in BACKENDS:
             raise ValueError(f"unknown video backend {backend!r}; choose one of {BACKENDS}")
         self.backend = backend
         self.num_frames = num_frames
         self.image_size = image_size
         self.max_seconds = max_seconds
+        self.framerate = framerate
+        self.slice_framepos = slice_framepos
 
-    def read(self, path: str, *, train: bool,
-             rng: random.Random | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Decode `path`; `train` picks TSN random offsets, else segment centres.
+    def read(self, path: str, *, train: bool, rng: random.Random | None = None,
+             choose: FrameChoice | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode `path`; `train` picks random offsets (TSN, or within the frame-rate grid), else
+        segment centres (or the grid's frames); `choose(indices, total)`, if given, replaces the
+        sampled indices (of `total` usable frames) before decoding.
 
         Returns `video` uint8 `[T, 3, S, S]` (zeros after the last real frame) and `mask` long `[T]`.
         Raises `VideoReadError` for empty, undecodable or frameless files.
         """
-        video, mask, _ = self.read_with_indices(path, train=train, rng=rng)
+        video, mask, _ = self.read_with_indices(path, train=train, rng=rng, choose=choose)
         return video, mask
 
-    def read_with_indices(self, path: str, *, train: bool, rng: random.Random | None = None
-                          ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    def read_with_indices(self, path: str, *, train: bool, rng: random.Random | None = None,
+                          choose: FrameChoice | None = None) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         """`read` plus the source index (in the file's frame order) of each real output frame."""
-        def choose(total: int, fps: float) -> list[int]:
-            return sample_frame_indices(self._usable_frames(path, total, fps), self.num_frames, train, rng)
+        def pick(total: int, fps: float) -> list[int]:
+            usable = self._usable_frames(total, fps)
+            indices = self._sample(usable, fps, train, rng)
+            return choose(indices, usable) if choose is not None else indices
 
-        frames, indices = self._decode(path, choose)
+        frames, indices = self._decode(path, pick)
         video, mask = self._padded(resize_center_crop(torch.from_numpy(frames).permute(0, 3, 1, 2), self.image_size))
         return video, mask, indices
 
@@ -158,7 +201,7 @@ class VideoReader:
             raise
         except Exception as exc:  # av.FFmpegError, IndexError (no video stream), ...
             raise VideoReadError(path, f"cannot decode ({_reason(exc)})") from exc
-        return self._usable_frames(path, total, fps), fps
+        return self._usable_frames(total, fps), fps
 
     def read_windows(self, path: str, segment: float, stride: float, first: int = 0) -> Iterator[Window]:
         """The windows `plan_windows(frames, fps, segment, stride)` of `path` from number `first` on,
@@ -180,7 +223,7 @@ class VideoReader:
                 if fps <= 0:
                     raise VideoReadError(path, "no frame rate: its windows cannot be placed in time")
                 if segment <= 0:
-                    total = self._usable_frames(path, total, fps)
+                    total = self._usable_frames(total, fps)
                 windows = plan_windows(total, fps, segment, stride)
                 yield from self._stream_windows(path, container.decode(stream), windows, first, fps)
         except VideoReadError:
@@ -191,8 +234,7 @@ class VideoReader:
     def _stream_windows(self, path: str, frames: Iterator[Any], windows: list[tuple[int, int]], first: int,
                         fps: float) -> Iterator[Window]:
         """Windows `first`.. of `windows` from the decoded `frames` (in file order)."""
-        samples = [[start + i for i in sample_frame_indices(end - start, self.num_frames, False)]
-                   for start, end in windows]
+        samples = [[start + i for i in self._sample(end - start, fps, False, None)] for start, end in windows]
         users: dict[int, int] = {}   # frame index -> windows not yet yielded that sample it
         for wanted in samples[first:]:
             for index in wanted:
@@ -239,13 +281,13 @@ class VideoReader:
         mask[:n] = 1
         return video, mask
 
-    def _decode(self, path: str, choose: Callable[[int, float], list[int]]) -> tuple[np.ndarray, list[int]]:
-        """RGB frames `[t, H, W, 3]` of the indices `choose(frames in the file, fps)` picks, and the
+    def _decode(self, path: str, pick: _Pick) -> tuple[np.ndarray, list[int]]:
+        """RGB frames `[t, H, W, 3]` of the indices `pick(frames in the file, fps)` gives, and the
         index of each; decord with PyAV as a second try, or PyAV alone."""
         if os.path.getsize(path) == 0:
             raise VideoReadError(path, "empty file (0 bytes)")
         try:
-            return (self._read_decord if self.backend == "decord" else self._read_pyav)(path, choose)
+            return (self._read_decord if self.backend == "decord" else self._read_pyav)(path, pick)
         except VideoReadError:
             raise
         except Exception as exc:  # decoders raise many types (DECORDError, av.FFmpegError, ...)
@@ -253,23 +295,30 @@ class VideoReader:
                 raise VideoReadError(path, f"cannot decode ({_reason(exc)})") from exc
             # decord rejects some valid files (e.g. certain small frame sizes): PyAV gets a second try.
             try:
-                return self._read_pyav(path, choose)
+                return self._read_pyav(path, pick)
             except Exception as second:
                 raise VideoReadError(path, f"cannot decode (decord {_reason(exc)}; pyav {_reason(second)})") \
                     from second
 
-    def _usable_frames(self, path: str, total: int, fps: float) -> int:
+    def _usable_frames(self, total: int, fps: float) -> int:
+        """Frames of a file of `total` frames at `fps` that sampling may pick (`max_seconds`)."""
         if self.max_seconds is not None and fps > 0:
             total = min(total, max(1, int(self.max_seconds * fps)))
         return total
 
-    def _read_decord(self, path: str, choose: Callable[[int, float], list[int]]) -> tuple[np.ndarray, list[int]]:
+    def _sample(self, total: int, fps: float, train: bool, rng: random.Random | None) -> list[int]:
+        """The frames sampled from a clip of `total` frames at `fps` (see `read`)."""
+        if self.framerate is None:
+            return sample_frame_indices(total, self.num_frames, train, rng)
+        return framerate_frame_indices(total, fps, self.framerate, self.num_frames, self.slice_framepos, train, rng)
+
+    def _read_decord(self, path: str, pick: _Pick) -> tuple[np.ndarray, list[int]]:
         import decord  # lazy: see the module docstring
 
         reader = decord.VideoReader(path, num_threads=1)
         if len(reader) <= 0:
             raise VideoReadError(path, "no video frames")
-        indices = choose(len(reader), reader.get_avg_fps())
+        indices = pick(len(reader), reader.get_avg_fps())
         return reader.get_batch(indices).asnumpy(), indices  # [t, H, W, 3]
 
     def _pyav_length(self, path: str, container: Any, stream: Any) -> tuple[int, float]:
@@ -286,12 +335,12 @@ class VideoReader:
             raise VideoReadError(path, "no video frames")
         return total, fps
 
-    def _read_pyav(self, path: str, choose: Callable[[int, float], list[int]]) -> tuple[np.ndarray, list[int]]:
+    def _read_pyav(self, path: str, pick: _Pick) -> tuple[np.ndarray, list[int]]:
         import av
 
         with av.open(path) as container:
             stream = container.streams.video[0]
-            indices = choose(*self._pyav_length(path, container, stream))
+            indices = pick(*self._pyav_length(path, container, stream))
             wanted = set(indices)
             decoded: dict[int, np.ndarray] = {}
             for i, frame in enumerate(container.decode(stream)):

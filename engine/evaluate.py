@@ -54,9 +54,21 @@ def _encode(loader: DataLoader, index_key: str, encode: Callable[[dict], tuple[t
     return columns, torch.cat(indices), seconds
 
 
+def frames_seen(frame_indices: torch.Tensor, mask_out: torch.Tensor, info: dict[str, torch.Tensor] | None
+                ) -> torch.Tensor:
+    """The file's frame index of every frame that reached CLIP, `[B, T_in]` padded with -1: from the
+    loaded frames' `frame_indices [B, T_in]` and, with TempMe, the compressor's `info["indices"]`
+    into them (`mask_out [B, T']` marks the frames CLIP saw)."""
+    seen = torch.full_like(frame_indices, -1)
+    picked = frame_indices if info is None else frame_indices.gather(1, info["indices"].clamp(min=0))
+    width = mask_out.shape[1]
+    seen[:, :width] = torch.where(mask_out > 0, picked[:, :width], torch.full_like(picked[:, :width], -1))
+    return seen
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset: Any, args: Namespace, device: torch.device,
-             precision: str) -> dict[str, Any]:
+             precision: str, details: bool = False) -> dict[str, Any]:
     """Text->video and video->text metrics of `model` (unwrapped, not DDP) on `dataset`.
 
     `dataset` exposes `num_frames` (T loaded per video), `text_dataset()` (items with input_ids, attention_mask [L],
@@ -64,7 +76,8 @@ def evaluate(model: nn.Module, dataset: Any, args: Namespace, device: torch.devi
     video_ok), `captions`, `video_ids`, `text_to_video`. Every rank returns the same dict:
     {"metrics": {"t2v", "v2t"}, "dsl" (with --dsl, else None), "frames_kept" {mean, min, max},
     "frames_loaded", "effective_ratio", "videos_per_s", "texts_per_s", "num_texts",
-    "num_videos", "bad_videos"}.
+    "num_videos", "bad_videos"}; with `details` also "similarity" (`[Nt, Nv]` float, CPU) and
+    "frames_seen" (`[Nv, T_in]`: the file's frame index of each frame that reached CLIP, -1 padded).
     """
     model.eval()
     quiet = args.no_progress or not distributed.is_main_process()
@@ -76,9 +89,9 @@ def evaluate(model: nn.Module, dataset: Any, args: Namespace, device: torch.devi
 
     def encode_videos(batch: dict) -> tuple[torch.Tensor, ...]:
         with autocast(precision, device):
-            emb, mask_out = model.get_visual_output(batch["video"].to(device), batch["video_mask"].to(device))
-        return (emb, mask_out.sum(1), batch["video_mask"].to(device).sum(1),
-                batch["video_ok"].to(device))
+            emb, mask_out, info = model.encode_video(batch["video"].to(device), batch["video_mask"].to(device))
+        return (emb, mask_out.sum(1), batch["video_mask"].to(device).sum(1), batch["video_ok"].to(device),
+                frames_seen(batch["frame_indices"].to(device), mask_out, info))
 
     text_loader, _ = make_loader(dataset.text_dataset(), args, train=False)
     video_loader, _ = make_loader(dataset.video_dataset(), args, train=False)
@@ -86,12 +99,13 @@ def evaluate(model: nn.Module, dataset: Any, args: Namespace, device: torch.devi
     video_columns, video_idx, video_seconds = _encode(video_loader, "video_index", encode_videos, "encode videos",
                                                       quiet)
     text_emb = _assemble(text_local, text_idx, num_texts)
-    video_emb, kept, real, ok = (_assemble(col, video_idx, num_videos) for col in video_columns)
+    video_emb, kept, real, ok, seen = (_assemble(col, video_idx, num_videos) for col in video_columns)
 
     sim = torch.cat([model.get_similarity_logits(text_emb[i:i + SIM_CHUNK], video_emb).float().cpu()
                      for i in range(0, num_texts, SIM_CHUNK)])
     text_to_video = torch.as_tensor(dataset.text_to_video, dtype=torch.long)
-    return {
+    extra = {"similarity": sim, "frames_seen": seen.long().cpu()} if details else {}
+    return {**extra,
         "metrics": compute_metrics(sim, text_to_video),
         "dsl": compute_dsl_metrics(sim, text_to_video) if args.dsl else None,
         "frames_kept": {"mean": float(kept.mean()), "min": int(kept.min()), "max": int(kept.max())},

@@ -54,16 +54,18 @@ def checkpoint_args(saved: dict[str, Any]) -> Namespace:
 
 def _clip_state_for(checkpoint: dict[str, Any], args: Namespace, source: str) -> dict[str, torch.Tensor]:
     """CLIP's state dict for rebuilding a trained model: the checkpoint's own `clip.*` tensors when
-    CLIP was trained (`--train_clip`: every CLIP weight but the frozen temperature is saved, which
-    gets CLIP's initial value; search scores are cosines, so it changes no result), else a
-    random CLIP re-created from `--clip_init random --clip_arch --seed`, else the CLIP weights file."""
+    all of CLIP was trained (`--train_clip` without `--clip_frozen_layers`: every CLIP weight but
+    the frozen temperature is saved, which gets CLIP's initial value; search scores are cosines, so
+    it changes no result), else a random CLIP re-created from `--clip_init random --clip_arch
+    --seed`, else the CLIP weights file (the trained tensors are loaded over either)."""
     held = {k.removeprefix("clip."): v for k, v in checkpoint["model"].items()
             if k.startswith("clip.") and ".adapter." not in k}
     if args.train_clip and "visual.conv1.weight" in held:
         return {**held, "logit_scale": torch.tensor(INITIAL_LOGIT_SCALE)}
     if args.clip_init != "random" and not os.path.isfile(clip_weights_path(args)):
-        raise FileNotFoundError(f"{source} holds no CLIP weights (trained with --train_clip False) and the CLIP "
-                                f"weights file {clip_weights_path(args)} is not there: pass --clip_weights PATH")
+        raise FileNotFoundError(f"{source} holds not all of CLIP's weights (trained with --train_clip False or "
+                                f"--clip_frozen_layers) and the CLIP weights file {clip_weights_path(args)} is not "
+                                f"there: pass --clip_weights PATH")
     return load_clip_weights(args)
 
 

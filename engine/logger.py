@@ -192,10 +192,12 @@ def tempme_configuration(config: TempMeConfig, compressor: nn.Module | None) -> 
 
 def format_startup(args: Namespace, run_dir: str, device: torch.device, precision: str, model: nn.Module,
                    datasets: dict[str, Any]) -> str:
-    """The start-up block: run, device, dataset sizes, how val is made, frames loaded, parameter
-    counts, TempMe."""
+    """The start-up block: run, device, how STOP's and CLIP4Clip's flags were read, dataset sizes,
+    how val is made, frames loaded, parameter counts, TempMe."""
     lines = [f"run folder {run_dir} | device {device} | precision {precision} | "
              f"processes {distributed.get_world_size()} | seed {args.seed}"]
+    if args.lineage:
+        lines.append("flags of STOP / CLIP4Clip read as:\n" + "\n".join(f"  {line}" for line in args.lineage))
     for split, dataset in datasets.items():
         if dataset is not None:
             lines.append(f"data {args.dataset} {split}: {len(dataset)} items, {len(dataset.captions)} captions, "
@@ -203,7 +205,9 @@ def format_startup(args: Namespace, run_dir: str, device: torch.device, precisio
     if datasets.get("val") is not None:
         lines.append(f"model selection (best epoch): {datasets['val'].val_protocol}")
     tempme = TempMeConfig.from_flags(args)
-    lines.append(f"frames loaded per video: {tempme.num_input_frames} at {args.image_size} px | "
+    sampling = (f"{args.feature_framerate} per second (--slice_framepos {args.slice_framepos})"
+                if args.feature_framerate is not None else "spread over the whole video")
+    lines.append(f"frames loaded per video: {tempme.num_input_frames} at {args.image_size} px, {sampling} | "
                  f"max words {args.max_words}")
     lines.append(parameter_summary(model))
     lines.append(tempme_configuration(tempme, model.tempme_compressor))

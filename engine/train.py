@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import signal
+import threading
 import time
 from argparse import Namespace
 from typing import Any, Callable, Iterable, Iterator
@@ -41,6 +43,42 @@ class Interrupted(KeyboardInterrupt):
         self.step = step
 
 
+_ctrl_c_pending = False
+
+
+def _on_ctrl_c(signum: int, frame: Any) -> None:
+    global _ctrl_c_pending
+    _ctrl_c_pending = True
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def ctrl_c_never_lost() -> Iterator[None]:
+    """Inside the block Ctrl-C raises KeyboardInterrupt as usual and also stays pending until
+    `raise_if_ctrl_c` sees it: Python swallows an exception raised in some callbacks (e.g. the
+    logging module's fork hook, run each time a DataLoader starts its workers), and a Ctrl-C
+    landing there would otherwise be lost. Only in the main thread, and only where SIGINT has
+    Python's default handler (a background job that ignores SIGINT keeps ignoring it)."""
+    global _ctrl_c_pending
+    in_main = threading.current_thread() is threading.main_thread()
+    if not in_main or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    _ctrl_c_pending = False
+    signal.signal(signal.SIGINT, _on_ctrl_c)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _ctrl_c_pending = False
+
+
+def raise_if_ctrl_c() -> None:
+    """Raise the KeyboardInterrupt of a Ctrl-C that was swallowed where it landed."""
+    if _ctrl_c_pending:
+        raise KeyboardInterrupt
+
+
 @contextlib.contextmanager
 def interrupted_at(epoch: int, step: Callable[[], int]) -> Iterator[None]:
     """Turn a Ctrl-C inside the block into `Interrupted(epoch, step())` (an inner, more precise
@@ -58,15 +96,19 @@ class NonFiniteLossError(UserError, RuntimeError):
     flags to change, so the run ends with that one line)."""
 
 
-def model_outputs(model: nn.Module, loss_fn: RetrievalLoss, inputs: list[torch.Tensor]) -> dict[str, Any]:
+def model_outputs(model: nn.Module, loss_fn: RetrievalLoss, inputs: list[torch.Tensor],
+                  video_index: torch.Tensor | None = None) -> dict[str, Any]:
     """The model's outputs for one batch (`input_ids`, `attention_mask`, `video`, `video_mask`), plus
-    what the loss's frame-selection teacher needs: every input frame of the first
-    `loss_fn.config.taught_videos(B)` videos embedded alone (`CLIP4Clip.frame_embeddings`, no
-    gradient) as "teacher_frame_emb", with their mask as "input_mask". `model` may be DDP-wrapped."""
+    what the loss needs besides: the batch's `video_index [B]` (whose captions are whose), and for
+    the frame-selection teacher every input frame of the first `loss_fn.config.taught_videos(B)`
+    videos embedded alone (`CLIP4Clip.frame_embeddings`, no gradient) as "teacher_frame_emb", with
+    their mask as "input_mask". `model` may be DDP-wrapped."""
     input_ids, attention_mask, video, video_mask = inputs
     if not video.is_floating_point():
         video = normalize_video(video)  # once: the model and the teacher share it
     outputs = model(input_ids, attention_mask, video, video_mask)
+    if video_index is not None:
+        outputs["video_index"] = video_index
     taught = loss_fn.config.taught_videos(video.shape[0])
     if taught:
         towers = model.module if isinstance(model, DistributedDataParallel) else model
@@ -102,6 +144,7 @@ def train_one_epoch(model: nn.Module, loss_fn: RetrievalLoss, loader: Iterable[d
                disable=args.no_progress or not distributed.is_main_process())
     with interrupted_at(epoch + 1, lambda: step):  # Ctrl-C: where training stopped, for the message
         for i, batch in enumerate(loader):
+            raise_if_ctrl_c()
             if i >= steps_per_epoch * accum:
                 break  # an incomplete accumulation window at the end is dropped
             if i % accum == 0:
@@ -110,11 +153,12 @@ def train_one_epoch(model: nn.Module, loss_fn: RetrievalLoss, loader: Iterable[d
             bad_videos += int(batch["num_bad_videos"].sum()) if "num_bad_videos" in batch else 0
             samples += batch["input_ids"].shape[0]
             inputs = [batch[k].to(device, non_blocking=True) for k in MODEL_INPUTS]
+            video_index = batch["video_index"].to(device) if "video_index" in batch else None
             # Gradients are synchronised across ranks only on the last batch of a window.
             sync = contextlib.nullcontext() if last_in_window or not hasattr(model, "no_sync") else model.no_sync()
             with sync:
                 with autocast(precision, device):
-                    loss = loss_fn(model_outputs(model, loss_fn, inputs))
+                    loss = loss_fn(model_outputs(model, loss_fn, inputs, video_index))
                 finite = distributed.all_reduce_number(0.0 if torch.isfinite(loss).item() else 1.0, "max") == 0
                 if finite:
                     scaler.scale(loss * world / accum).backward()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import warnings
 import zipfile
 from collections import OrderedDict
@@ -55,6 +56,19 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 INITIAL_LOGIT_SCALE = math.log(1 / 0.07)  # CLIP's initial temperature (ln of 1/0.07)
 # Entries of OpenAI's TorchScript state dict that are not parameters.
 _NON_PARAMETER_KEYS = ("input_resolution", "context_length", "vocab_size")
+# Weights above the blocks (final norms and projections): they train at any frozen depth, as in CLIP4Clip.
+_OUTPUT_LAYERS = ("ln_final.", "text_projection", "visual.ln_post.", "visual.proj")
+_BLOCK = re.compile(r"(?:visual\.)?transformer\.resblocks\.(\d+)\.")
+
+
+def frozen_at_depth(name: str, frozen_layers: int) -> bool:
+    """Whether CLIP parameter `name` stays frozen when CLIP is fine-tuned above `frozen_layers`:
+    -1 freezes nothing; N >= 0 the input embeddings (patch, class, token and position embeddings,
+    `visual.ln_pre`) and the first N blocks of each tower (CLIP4Clip's `--freeze_layer_num`)."""
+    if frozen_layers < 0 or name.startswith(_OUTPUT_LAYERS):
+        return False
+    block = _BLOCK.match(name)
+    return block is None or int(block.group(1)) < frozen_layers
 
 
 def normalize_video(video: torch.Tensor) -> torch.Tensor:

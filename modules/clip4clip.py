@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modules.clip import CLIP, normalize_video
+from modules.clip import CLIP, frozen_at_depth, normalize_video
 from modules.stop import StopPrompts
 from modules.token_merge import TokenMerger, merged_visual_forward
 
@@ -47,12 +47,14 @@ class CLIP4Clip(nn.Module):
         video_output: with prompts, "global_prompt0" (STOP) or "mean_cls" (meanP of the
             prompted frame CLS tokens); without prompts the output is always meanP.
         train_clip: fine-tune CLIP itself.
+        frozen_clip_layers: with `train_clip`, the depth of CLIP that stays frozen (-1: none; N: the
+            input embeddings and the first N blocks of each tower, `modules.clip.frozen_at_depth`).
         token_merger: token merging inside the ViT (`modules.token_merge`), or None. Its
             parameters (`clip` mode's temporal embeddings) train with the prompts.
     """
 
     def __init__(self, clip: CLIP, prompts: StopPrompts | None = None, tempme_compressor: nn.Module | None = None,
-                 video_output: str = "global_prompt0", train_clip: bool = False,
+                 video_output: str = "global_prompt0", train_clip: bool = False, frozen_clip_layers: int = -1,
                  token_merger: TokenMerger | None = None) -> None:
         super().__init__()
         if video_output not in VIDEO_OUTPUTS:
@@ -64,7 +66,7 @@ class CLIP4Clip(nn.Module):
         self.train_clip = train_clip
         self.token_merger = token_merger
         for name, param in clip.named_parameters():  # adapters (STOP's, inside CLIP's blocks) always train
-            param.requires_grad_(train_clip or ".adapter." in name)
+            param.requires_grad_(".adapter." in name or (train_clip and not frozen_at_depth(name, frozen_clip_layers)))
         self.clip.logit_scale.requires_grad_(False)  # the temperature stays CLIP's (as in STOP)
 
     def train(self, mode: bool = True) -> "CLIP4Clip":

@@ -31,11 +31,14 @@ class ModelConfig:
     prompt_mode: "stop" (STOP's prompts and adapters) or "none" (plain CLIP4Clip meanP).
     video_output: with prompts, "global_prompt0" (STOP) or "mean_cls".
     train_clip: fine-tune CLIP itself.
+    clip_frozen_layers: with `train_clip`, -1 fine-tunes all of CLIP; N >= 0 keeps its input
+        embeddings and first N blocks of each tower frozen (CLIP4Clip's `--freeze_layer_num`).
     image_size: frame side; must be CLIP's input resolution.
     """
     prompt_mode: str = "stop"
     video_output: str = "global_prompt0"
     train_clip: bool = False
+    clip_frozen_layers: int = -1
     image_size: int = 224
     stop: StopConfig = field(default_factory=StopConfig)
     tempme: TempMeConfig = field(default_factory=TempMeConfig)
@@ -45,7 +48,7 @@ class ModelConfig:
     def from_flags(cls, flags: Any) -> "ModelConfig":
         """From any object carrying the flags as attributes (the namespace of `params.get_args`)."""
         return cls(prompt_mode=flags.prompt_mode, video_output=flags.video_output, train_clip=flags.train_clip,
-                   image_size=flags.image_size, stop=StopConfig.from_flags(flags),
+                   clip_frozen_layers=flags.clip_frozen_layers, image_size=flags.image_size, stop=StopConfig.from_flags(flags),
                    tempme=TempMeConfig.from_flags(flags), token_merge=TokenMergeConfig.from_flags(flags))
 
     def validate(self) -> None:
@@ -57,6 +60,12 @@ class ModelConfig:
             raise ValueError(f"--video_output must be one of {', '.join(VIDEO_OUTPUTS)}, got {self.video_output!r}")
         if self.image_size < 1:
             raise ValueError(f"--image_size must be >= 1, got {self.image_size}")
+        if self.clip_frozen_layers < -1:
+            raise ValueError(f"--clip_frozen_layers must be -1 (nothing frozen) or a number of blocks >= 0, "
+                             f"got {self.clip_frozen_layers}")
+        if self.clip_frozen_layers >= 0 and not self.train_clip:
+            raise ValueError(f"--clip_frozen_layers {self.clip_frozen_layers} freezes part of a fine-tuned CLIP: "
+                             f"add --train_clip True, or drop it (without --train_clip all of CLIP is frozen)")
         self.tempme.validate()
         self.token_merge.validate()
         if self.prompt_mode == "stop":
@@ -80,6 +89,10 @@ def build_model(clip_state_dict: dict[str, torch.Tensor], config: ModelConfig) -
     if config.image_size != clip.visual.input_resolution:
         raise UserError(f"--image_size {config.image_size} does not match CLIP's input resolution "
                         f"{clip.visual.input_resolution}; set --image_size {clip.visual.input_resolution}")
+    depth = max(clip.visual.transformer.layers, clip.transformer.layers)
+    if config.clip_frozen_layers > depth:
+        raise UserError(f"--clip_frozen_layers {config.clip_frozen_layers} is more than CLIP's {depth} blocks; "
+                        f"at most {depth} (every block frozen, the final norms and projections trained)")
     compressor = get_tempme_model(config.tempme)
     prompts = None
     if config.prompt_mode == "stop":
@@ -91,4 +104,4 @@ def build_model(clip_state_dict: dict[str, torch.Tensor], config: ModelConfig) -
     merger = None if merge.mode == "none" else TokenMerger(
         merge, depth=clip.visual.transformer.layers, num_patches=clip.visual.num_patches, width=clip.visual.width)
     return CLIP4Clip(clip, prompts, compressor, video_output=config.video_output, train_clip=config.train_clip,
-                     token_merger=merger)
+                     frozen_clip_layers=config.clip_frozen_layers, token_merger=merger)

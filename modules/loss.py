@@ -44,6 +44,22 @@ def symmetric_infonce(text_emb: torch.Tensor, video_emb: torch.Tensor, logit_sca
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
 
 
+def caption_contrast_loss(text_emb: torch.Tensor, logit_scale: torch.Tensor,
+                          owners: torch.Tensor | None = None) -> torch.Tensor:
+    """Each caption told apart from the batch's other captions: the cross-entropy of
+    `logit_scale * cos(text_i, text_j)` over j at j = i, for text `[N, D]`. Captions of the same
+    video (`owners [N]`, the video of each caption) are not each other's negatives. Keeps captions
+    that differ by one detail from collapsing onto one embedding, which contrastive training from
+    scratch otherwise allows as long as the videos do not yet show the detail either. A scalar."""
+    texts = F.normalize(text_emb.float(), dim=-1)
+    logits = logit_scale.detach().float() * texts @ texts.t()
+    labels = torch.arange(texts.shape[0], device=texts.device)
+    if owners is not None:
+        same_video = (owners[:, None] == owners[None, :]) & (labels[:, None] != labels[None, :])
+        logits = logits.masked_fill(same_video, float("-inf"))
+    return F.cross_entropy(logits, labels)
+
+
 def frame_score_loss(scores: torch.Tensor, target_logits: torch.Tensor, video_mask: torch.Tensor) -> torch.Tensor:
     """Cross-entropy from softmax(target_logits) to softmax(scores) over the real frames.
 
@@ -94,16 +110,54 @@ def caption_relevance_targets(frame_emb: torch.Tensor, text_emb: torch.Tensor, l
     return logits.log_softmax(-1)[own, :, own]
 
 
-TEACHERS = ("distinct", "text", "mix")
+def completion_targets(frame_emb: torch.Tensor, video_mask: torch.Tensor, kept: torch.Tensor,
+                       text_emb: torch.Tensor, logit_scale: torch.Tensor,
+                       temperature: float = AUX_TEMPERATURE) -> torch.Tensor:
+    """Target logits `[B_t, T]`: how much each frame adds to the other frames the compressor keeps,
+    for picking out its video's caption among the batch's captions.
+
+    A set of frames is approximated in the embedding space by the normalised sum of their
+    embeddings, and judged by `log softmax_c(logit_scale * cos(text_c, set))` at c = its video.
+    Frame t's value is that judgement of the kept frames other than t with t, minus that of the
+    kept frames other than t (what keeping t adds; what dropping it would lose), standardised over
+    the video's real frames and divided by `temperature`. A frame is judged with the others, not
+    alone: the frame showing the one detail that tells the caption from its closest rivals (a brief
+    event) scores high although, alone, it shows little of the rest (colours, shapes); a frame that
+    repeats what is kept, or an outlier that no caption describes, adds nothing and scores low.
+
+    `frame_emb [B_t, T, D]` (L2-normalised, zeros where padded), `video_mask [B_t, T]`, `kept
+    [B_t, K]` (indices into T, -1 = no frame: the compressor's `info["indices"]`) belong to the
+    first B_t captions of `text_emb [B, D]`.
+    """
+    b, t = video_mask.shape
+    valid = kept >= 0
+    picked = frame_emb.gather(1, kept.clamp(min=0)[..., None].expand(-1, -1, frame_emb.shape[-1]))
+    is_kept = torch.zeros(b, t, dtype=torch.bool, device=kept.device)
+    is_kept.scatter_(1, kept.clamp(min=0), valid)
+    others = (picked * valid[..., None]).sum(1)[:, None] - frame_emb * is_kept[..., None]   # [B_t, T, D]
+    texts = F.normalize(text_emb.detach().float(), dim=-1)
+    own = torch.arange(b, device=frame_emb.device)
+
+    def judged(sets: torch.Tensor) -> torch.Tensor:              # [B_t, T, D] -> [B_t, T]
+        logits = logit_scale.detach().float() * F.normalize(sets, dim=-1) @ texts.t()
+        return logits.log_softmax(-1)[own, :, own]
+
+    value = (judged(others + frame_emb) - judged(others)).masked_fill(video_mask <= 0, 0.0)
+    return standardised(value, video_mask) / temperature
+
+
+TEACHERS = ("distinct", "text", "mix", "completion")
 
 
 @dataclass
 class LossConfig:
-    """The frame-selection flags of the loss, their defaults the flags': `--tempme_aux_weight`
+    """The loss's flags, their defaults the flags': `--caption_contrast` (`caption_contrast`: weight
+    of `caption_contrast_loss`, 0 = off), and TempMe's frame-selection term: `--tempme_aux_weight`
     (`aux_weight`, 0 = no frame-selection term), `--tempme_teacher` (`teacher`) and
     `--tempme_teacher_share` (`teacher_share`: the share of each batch's videos, the first
     ceil(share * B), whose every input frame the model embeds for the teacher; a share, not every
     video, because those frames are what TempMe saves CLIP from)."""
+    caption_contrast: float = 0.0
     aux_weight: float = 1.0
     teacher: str = "text"
     teacher_share: float = 0.25
@@ -111,11 +165,13 @@ class LossConfig:
     @classmethod
     def from_flags(cls, flags: Any) -> "LossConfig":
         """From any object carrying the flags as attributes."""
-        return cls(aux_weight=flags.tempme_aux_weight, teacher=flags.tempme_teacher,
-                   teacher_share=flags.tempme_teacher_share)
+        return cls(caption_contrast=flags.caption_contrast, aux_weight=flags.tempme_aux_weight,
+                   teacher=flags.tempme_teacher, teacher_share=flags.tempme_teacher_share)
 
     def validate(self) -> None:
         """Raise ValueError naming the flag for values the loss cannot use."""
+        if self.caption_contrast < 0:
+            raise ValueError(f"--caption_contrast must be >= 0 (0 turns it off), got {self.caption_contrast}")
         if self.aux_weight < 0:
             raise ValueError(f"--tempme_aux_weight must be >= 0 (0 turns the auxiliary loss off), got {self.aux_weight}")
         if self.teacher not in TEACHERS:
@@ -153,6 +209,9 @@ class RetrievalLoss(nn.Module):
         teacher = self.config.teacher
         if teacher == "distinct":
             return distinctiveness_targets(frame_emb, mask, self.aux_temperature)
+        if teacher == "completion":
+            return completion_targets(frame_emb, mask, outputs["info"]["indices"][:frame_emb.shape[0]],
+                                      outputs["text_emb"], outputs["logit_scale"], self.aux_temperature)
         relevance = caption_relevance_targets(frame_emb, outputs["text_emb"], outputs["logit_scale"])
         if teacher == "text":
             return relevance
@@ -161,12 +220,19 @@ class RetrievalLoss(nn.Module):
                 + standardised(relevance, mask) / self.aux_temperature)
 
     def forward(self, outputs: dict[str, Any], output_dict: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
-        """`outputs` of `CLIP4Clip.forward` (plus the teacher's frame embeddings, see the class) ->
-        the scalar loss, or with `output_dict` {"contrastive", "frame_selection" (if computed), "loss"}."""
+        """`outputs` of `CLIP4Clip.forward` (plus the teacher's frame embeddings, see the class, and
+        the batch's "video_index" `[B]` for the caption contrast) -> the scalar loss, or with
+        `output_dict` {"contrastive", "caption_contrast", "frame_selection" (those computed), "loss"}."""
         losses = {"contrastive": symmetric_infonce(all_gather_with_grad(outputs["text_emb"]),
                                                    all_gather_with_grad(outputs["video_emb"]),
                                                    outputs["logit_scale"])}
         loss = losses["contrastive"]
+        if self.config.caption_contrast > 0:
+            owners = outputs.get("video_index")
+            losses["caption_contrast"] = caption_contrast_loss(
+                all_gather_with_grad(outputs["text_emb"]), outputs["logit_scale"],
+                None if owners is None else all_gather_with_grad(owners))
+            loss = loss + self.config.caption_contrast * losses["caption_contrast"]
         if self.config.aux_weight > 0 and "teacher_frame_emb" in outputs:
             taught = outputs["teacher_frame_emb"].shape[0]
             losses["frame_selection"] = frame_score_loss(outputs["info"]["scores"][:taught],

@@ -357,10 +357,12 @@ def _sinusoid_table(length: int, dim: int) -> torch.Tensor:
 class AdaptiveTempMe(_TempMeBase):
     """`--tempme_type adaptive`: keep a content-dependent number of frames per video.
 
-    The count comes from frame-change statistics that need no training: the share s of
-    consecutive real-frame pairs whose mean absolute pooled-pixel change exceeds a threshold
-    (soft count, sigmoid in log space) gives `k = min + (max - min) * s`, rounded, so a clip
-    that keeps changing keeps more frames than a near-static one out of the box. A
+    The count comes from frame-change statistics that need no training: the consecutive
+    real-frame pairs whose mean absolute pooled-pixel change exceeds a threshold (soft count,
+    sigmoid in log space), as a share s of the T - 1 pairs of a full input of T frames, give
+    `k = min + (max - min) * s`, rounded. So a clip that keeps changing keeps more frames than a
+    near-static one out of the box, and a video filling fewer of the T inputs (frame-rate sampling
+    of a short video) has fewer pairs to count and keeps fewer than a longer one of the same content. A
     zero-initialised head on the mean frame feature shifts the log-threshold per video, which
     is how learning refines the count; it learns through the gate of the selected frames
     (`p * sigmoid(k_soft - rank - 0.5)`, i.e. the chance the frame's score rank is within the
@@ -382,13 +384,14 @@ class AdaptiveTempMe(_TempMeBase):
         self.count_head = _zero_init(nn.Linear(hidden_dim, 1))
 
     def _soft_count(self, feats: torch.Tensor, change: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        """Continuous frame count `[B]` in [min, max] from `change [B, T]` and features `[B, T, D]`."""
+        """Continuous frame count `[B]` in [min, max] from `change [B, T]` and features `[B, T, D]`:
+        significant changes between consecutive real frames over the T - 1 pairs of a full input."""
         n = real.sum(1)
         mean_feat = (feats * real[..., None]).sum(1) / n.clamp(min=1)[:, None]
         log_threshold = self.log_change_threshold + self.count_head(mean_feat).squeeze(-1).float()
         significant = torch.sigmoid(4.0 * (torch.log(change + 1e-6) - log_threshold[:, None]))
         has_prev = real & (_real_rank(real) > 0)
-        share = (significant * has_prev).sum(1) / (n - 1).clamp(min=1)
+        share = (significant * has_prev).sum(1) / max(1, real.shape[1] - 1)
         return self.min_output_frames + (self.output_frames - self.min_output_frames) * share
 
     def forward(self, video: torch.Tensor, video_mask: torch.Tensor

@@ -17,10 +17,11 @@ shared CPU drifts by 10-20% within minutes, so rows are not timed in separate wi
 compressed row's encode is timed in alternation with its `none` row, and its `encode_ms` is the
 median of those paired ratios times the `none` row's median.
 
-`--train` times a training step instead (train mode, forward + loss + backward, per video): STOP
-on every input frame (`none`) against TempMe rows, whose step adds the frame teacher at its cost
-per video (`--tempme_teacher_share` x one pass embedding every input frame of a video, timed on
-its own). Default rows: simple keeping 6 of 12, basic 48 -> 8, and their `none` references.
+`--train` times the engine's training step instead (`engine.train.model_outputs`, the loss,
+backward; per video): STOP on every input frame (`none`) against TempMe rows, whose step runs the
+frame teacher on its share of the batch (`--tempme_teacher_share` of the videos embedded frame by
+frame; at the default batch of 4, one video). Default rows: simple keeping 6 of 12, basic 48 -> 8,
+and their `none` references.
 
     python scripts/benchmark_tempme.py --train --device cpu --repeats 3 --json outputs/bench_train.json
 """
@@ -40,6 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.factory import build_loss, model_config  # noqa: E402
+from engine.train import model_outputs  # noqa: E402
 from modules.clip import load_clip_state_dict, random_clip_state_dict  # noqa: E402
 from modules.clip4clip import CLIP4Clip  # noqa: E402
 from modules.factory import build_model  # noqa: E402
@@ -160,24 +162,23 @@ class TrainRow:
     ratio: float
     frames_in: int
     frames_out: float
-    step_ms: float         # per video: forward + backward, plus the teacher's share
-    teacher_ms: float      # per video: one teacher pass over every input frame (no gradient)
-    teacher_share: float
+    step_ms: float         # per video: the whole training step (forward, teacher, loss, backward)
+    taught: int            # videos of the batch whose every input frame the teacher embeds
     step_vs_none: float    # median paired ratio to STOP's step on every input frame
 
 
 @dataclass
 class Trainer:
-    """One built configuration in train mode: its training step and its teacher pass."""
-    step: Callable[[], torch.Tensor]          # forward + loss + backward; returns the frame mask after TempMe
-    teacher: Callable[[], object] | None      # embeds every input frame, as the teacher does
-    teacher_share: float
+    """One built configuration in train mode: the training step as the engine takes it."""
+    step: Callable[[], torch.Tensor]          # returns the frame mask after TempMe
+    taught: int
 
 
 def build_trainer(setting: Setting, clip_state: dict[str, torch.Tensor], base_flags: list[str], batch: int,
                   device: torch.device, autocast: Callable[[], contextlib.AbstractContextManager]) -> Trainer:
+    """The engine's step (`engine.train.model_outputs`, the loss, backward), so a TempMe row's
+    teacher runs inside it on its share of the batch."""
     config = get_args(base_flags + setting.flags())
-    # The student step without the teacher; the teacher is timed alone and counted at its share.
     model = build_model(clip_state, model_config(config)).to(device).train()
     loss_fn = build_loss(config)
     video = benchmark_video(batch, setting.frames_in, config.image_size, device)
@@ -187,49 +188,38 @@ def build_trainer(setting: Setting, clip_state: dict[str, torch.Tensor], base_fl
 
     def step() -> torch.Tensor:
         with autocast():
-            outputs = model(ids, (ids > 0).long(), video, mask)
+            outputs = model_outputs(model, loss_fn, [ids, (ids > 0).long(), video, mask])
             loss = loss_fn(outputs)
         loss.backward()
         model.zero_grad(set_to_none=True)
         return outputs["video_mask"]
 
-    def teacher() -> object:
-        with torch.no_grad(), autocast():
-            return model.frame_embeddings(video, mask)
-
-    share = loss_fn.config.teacher_share if loss_fn.config.aux_weight > 0 else 0.0
-    return Trainer(step, teacher if share else None, share)
+    return Trainer(step, loss_fn.config.taught_videos(batch))
 
 
 def measure_train(setting: Setting, trainer: Trainer, batch: int, repeats: int, device: torch.device,
                   reference: tuple[Callable[[], object], float] | None) -> TrainRow:
-    """Train row of `setting`: each repeat times the step (and the teacher) in alternation with
-    the reference step, so the ratio is paired; ms are per video."""
+    """Train row of `setting`: each repeat times the step in alternation with the reference step,
+    so the ratio is paired; ms are per video."""
     frames_out = trainer.step().float().sum(1).mean().item()  # also the warm-up call
-    teacher_ms = time_ms(trainer.teacher, device, repeats) / batch if trainer.teacher else 0.0
     if reference is None:
         step_ms = time_ms(trainer.step, device, repeats) / batch
-        return TrainRow(setting.type, setting.ratio, setting.frames_in, frames_out, step_ms, 0.0, 0.0, 1.0)
+        return TrainRow(setting.type, setting.ratio, setting.frames_in, frames_out, step_ms, trainer.taught, 1.0)
     reference_step, reference_ms = reference
-    ratios = []
-    for _ in range(repeats):
-        own = times_ms(trainer.step, device, 1, warmup=False)[0] / batch
-        if trainer.teacher:
-            own += trainer.teacher_share * times_ms(trainer.teacher, device, 1, warmup=False)[0] / batch
-        ratios.append(own / (times_ms(reference_step, device, 1, warmup=False)[0] / batch))
+    ratios = [times_ms(trainer.step, device, 1, warmup=False)[0]
+              / times_ms(reference_step, device, 1, warmup=False)[0] for _ in range(repeats)]
     ratio = statistics.median(ratios)
-    return TrainRow(setting.type, setting.ratio, setting.frames_in, frames_out, ratio * reference_ms, teacher_ms,
-                    trainer.teacher_share, ratio)
+    return TrainRow(setting.type, setting.ratio, setting.frames_in, frames_out, ratio * reference_ms, trainer.taught,
+                    ratio)
 
 
 def print_train_table(rows: list[TrainRow]) -> None:
-    header = (f"{'type':9}{'ratio':>7}{'in':>5}{'out':>7}{'step ms':>11}{'teacher ms':>12}{'share':>7}"
-              f"{'step/none':>11}")
+    header = f"{'type':9}{'ratio':>7}{'in':>5}{'out':>7}{'step ms':>11}{'taught':>8}{'step/none':>11}"
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r.type:9}{r.ratio:>7.3f}{r.frames_in:>5}{r.frames_out:>7.2f}{r.step_ms:>11.1f}"
-              f"{r.teacher_ms:>12.1f}{r.teacher_share:>7.2f}{r.step_vs_none:>11.3f}")
+        print(f"{r.type:9}{r.ratio:>7.3f}{r.frames_in:>5}{r.frames_out:>7.2f}{r.step_ms:>11.1f}{r.taught:>8}"
+              f"{r.step_vs_none:>11.3f}")
 
 
 def print_table(rows: list[Row]) -> None:
@@ -254,7 +244,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="time training steps (forward + backward + teacher) instead of the visual encode")
     parser.add_argument("--weights", default=None, help="CLIP weights file (default: random CLIP of --arch)")
     parser.add_argument("--arch", default="ViT-B/32", help="random CLIP size when --weights is not given")
-    parser.add_argument("--batch_size", type=int, default=1)
+    parser.add_argument("--batch_size", type=int, default=None,
+                        help="videos per call (default: 1; with --train 4, where the teacher's share of 0.25 is one "
+                             "whole video)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--precision", choices=("amp_bf16", "amp_fp16", "fp32"), default="amp_bf16",
                         help="autocast dtype on CUDA; CPU always runs fp32")
@@ -269,6 +261,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> list[Row] | list[TrainRow]:
     args = parse_args(argv)
+    args.batch_size = args.batch_size or (4 if args.train else 1)
     device = torch.device(args.device)
     if args.weights:
         clip_state = load_clip_state_dict(args.weights)

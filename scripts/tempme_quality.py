@@ -1,6 +1,6 @@
-"""At equal CLIP cost, do learned frames beat uniform frames inside the whole STOP?
+"""Does frame selection matter, and do learned frames beat uniform frames inside the whole STOP?
 
-Synthetic 48-frame clips where every video carries a brief (2-3 frame) captioned event and its
+Synthetic 48-frame clips in which every video carries a brief (2-3 frame) captioned event and its
 test partner differs from it only by that event, in two conditions:
 
     clean        the clips as they are
@@ -8,35 +8,44 @@ test partner differs from it only by that event, in two conditions:
                  another scene), more than the 8-frame budget can hold
 
 Per seed a base STOP model (the `--demo` model: tiny CLIP, spatial and temporal prompts on) is
-trained on 8 uniform frames of the clean clips (`base`); then, in each condition, every
-configuration starts from it (`--init_model`; STOP's per-frame prompt table is resampled to the
-configuration's frame count), as when TempMe is added to a trained STOP model, and gets the same
+trained on the clean clips (`base`: `--base_frames` frames with the event frame swapped in
+(`--base_event_frames always`: a device of the instrument, so that every configuration starts from
+a model that reads the events when it sees them; a tiny CLIP trained from scratch on uniform frames
+does not learn them), `--base_epochs` epochs, batches of close captions after `--base_warmup`
+random ones, `--caption_contrast`); then, in each condition, every configuration starts from it (`--init_model`; STOP's
+per-frame prompt table is resampled to the configuration's frame count) and gets the same
 fine-tuning budget on that condition's clips (`--epochs`, `--batch_size`, `--finetune_lr`, seed):
 
-    uniform8          8 frames sampled uniformly, no TempMe                        (8 frames reach CLIP)
-    basic_text        48 -> 8 with TempMeCompressor, taught caption relevance      (8)
-    basic_distinct    the same, taught frame distinctiveness                       (8)
-    basic_none        the same without the auxiliary loss (the gate alone)         (8)
+    uniform8     8 frames sampled uniformly, no TempMe                                (8 frames reach CLIP)
+    oracle8      uniform8 with the sampled frame nearest the event swapped for an event frame, from
+                 the generator's record (`--synthetic_event_frames always`): a ceiling, not a method  (8)
+    spoiled8     uniform8 with every sampled event frame swapped for its neighbour (`never`): the floor (8)
+    uniform48    every frame, six times the CLIP cost                                 (48)
+    basic_text        48 -> 8 with TempMeCompressor, taught caption relevance        (8)
+    basic_completion  48 -> 8 with TempMeCompressor, taught what a frame adds to the others  (8)
 
-(selectable with `--configs`, not run by default: basic_mix, taught both teachers (standardised
-and summed); simple, 48 -> 8 with SimpleTempMe and the default teacher; uniform8_merge and
-basic_merge, uniform8 and basic with the default teacher plus `--token_merge frame`; adaptive,
-48 -> [4, 12]; uniform48).
-Reported per condition: test t2v / v2t R@1 and R@5 over seeds (mean, std), the per-seed paired
-difference of each configuration against uniform8 with a 95% bootstrap interval over seeds, the
-frames kept, the event hit rate (share of test videos whose frames reaching CLIP include an
-event frame) and the outlier share (share of the frames reaching CLIP that are distractors).
-Writes a JSON file and a PNG chart drawn with PIL.
+(selectable with `--configs`: basic_distinct, basic_mix, basic_none (no teacher), simple,
+uniform8_merge and basic_merge (`--token_merge frame`), adaptive 48 -> [4, 12]).
+
+The instrument: *partner accuracy*, the share of test videos whose caption scores the video above
+its partner (t2v) and whose video scores its own caption above the partner's (v2t); chance is 50%
+and only the event can lift it. Its sensitivity is oracle8 - spoiled8 (per seed, with a 95%
+bootstrap interval over seeds): a model that reads the events when it sees them puts oracle8 far
+above spoiled8; no selector result is read where that gap is under 30 points. Reported per
+condition and configuration: partner accuracy t2v / v2t / mean, t2v and v2t R@1 and R@5 (mean,
+std over seeds), paired differences against uniform8 with 95% bootstrap intervals, the share of
+the uniform8 -> oracle8 partner gap a configuration closes, frames kept, the event hit rate (share
+of test videos whose frames reaching CLIP include an event frame) and the outlier share (share of
+the frames reaching CLIP that are distractors). Writes a JSON file and a PNG chart drawn with PIL.
 
     python scripts/tempme_quality.py --jobs 2 --threads 1   # the full study: 5 seeds, both conditions
     python scripts/tempme_quality.py --quick                 # 2 seeds, tiny data, a few minutes
     python scripts/tempme_quality.py -- --num_workers 1      # flags after `--` go to every main.py run
 
 Each run lives in `<out_dir>/runs/<condition>/<config>_s<seed>/` (bases: `<out_dir>/runs/base_s<seed>/`);
-a run whose folder already
-holds a test result for the same arguments on the same synthetic clips (generator version
-included) is reused (any other run folder is started over), so an interrupted study continues
-where it stopped.
+a run whose folder already holds a test result for the same arguments on the same synthetic clips
+(generator version included) is reused (any other run folder is started over), so an interrupted
+study continues where it stopped.
 """
 from __future__ import annotations
 
@@ -64,39 +73,44 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dataloaders  # noqa: E402
 import params  # noqa: E402
 from engine import checkpoint  # noqa: E402
+from engine.evaluate import evaluate  # noqa: E402
 from engine.factory import build_trained_model  # noqa: E402
-from modules.clip import normalize_video  # noqa: E402
-from modules.tempme import uniform_frame_indices  # noqa: E402
 from modules.tokenization import tokenize  # noqa: E402
 
 CLIP_FRAMES = 8          # the CLIP budget every learned selector is held to
 INPUT_FRAMES = 48        # frames per synthetic clip, all loaded by the selectors
 CONDITIONS = {"clean": 0, "distractors": 12}   # uncaptioned outlier frames per clip
-_BASIC = ["--max_frames", str(CLIP_FRAMES), "--use_tempme", "True", "--tempme_type", "basic",
+_UNIFORM = ["--max_frames", str(CLIP_FRAMES)]
+_BASIC = [*_UNIFORM, "--use_tempme", "True", "--tempme_type", "basic",
           "--tempme_input_frames", str(INPUT_FRAMES), "--tempme_output_frames", str(CLIP_FRAMES)]
-_SIMPLE = ["--max_frames", str(INPUT_FRAMES), "--use_tempme", "True", "--tempme_type", "simple",
-           "--tempme_compression_ratio", f"{CLIP_FRAMES / INPUT_FRAMES:.4f}"]
 CONFIGS: dict[str, list[str]] = {
-    "uniform8": ["--max_frames", str(CLIP_FRAMES)],
-    "basic_text": _BASIC + ["--tempme_teacher", "text"],
-    "basic_distinct": _BASIC + ["--tempme_teacher", "distinct"],
-    "basic_none": _BASIC + ["--tempme_aux_weight", "0"],
+    "uniform8": _UNIFORM,
+    "oracle8": [*_UNIFORM, "--synthetic_event_frames", "always"],
+    "spoiled8": [*_UNIFORM, "--synthetic_event_frames", "never"],
+    "uniform48": ["--max_frames", str(INPUT_FRAMES)],
+    "basic_text": [*_BASIC, "--tempme_teacher", "text"],
+    "basic_completion": [*_BASIC, "--tempme_teacher", "completion"],
 }
 # Selectable with --configs, not part of the default study (default teacher where one applies).
 OPTIONAL: dict[str, list[str]] = {
-    "basic_mix": _BASIC + ["--tempme_teacher", "mix"],
-    "simple": _SIMPLE,
-    "uniform8_merge": CONFIGS["uniform8"] + ["--token_merge", "frame"],
-    "basic_merge": _BASIC + ["--token_merge", "frame"],
-    "adaptive": ["--max_frames", str(CLIP_FRAMES), "--use_tempme", "True", "--tempme_type", "adaptive",
+    "basic_distinct": [*_BASIC, "--tempme_teacher", "distinct"],
+    "basic_mix": [*_BASIC, "--tempme_teacher", "mix"],
+    "basic_none": [*_BASIC, "--tempme_aux_weight", "0"],
+    "simple": ["--max_frames", str(INPUT_FRAMES), "--use_tempme", "True", "--tempme_type", "simple",
+               "--tempme_compression_ratio", f"{CLIP_FRAMES / INPUT_FRAMES:.4f}"],
+    "uniform8_merge": [*_UNIFORM, "--token_merge", "frame"],
+    "basic_merge": [*_BASIC, "--token_merge", "frame"],
+    "adaptive": [*_UNIFORM, "--use_tempme", "True", "--tempme_type", "adaptive",
                  "--tempme_max_input_frames", str(INPUT_FRAMES), "--tempme_min_output_frames", "4",
                  "--tempme_max_output_frames", "12"],
-    "uniform48": ["--max_frames", str(INPUT_FRAMES)],
 }
 RUN_FLAGS = {**CONFIGS, **OPTIONAL}
-REFERENCE = "uniform8"
-METRICS = ("t2v_R1", "t2v_R5", "v2t_R1", "v2t_R5", "frames_kept", "event_hit", "outlier_share")
-FULL = dict(seeds=[0, 1, 2, 3, 4], base_epochs=8, epochs=2, num_videos=400, num_test_videos=100)
+REFERENCE, CEILING, FLOOR = "uniform8", "oracle8", "spoiled8"
+SENSITIVITY_POINTS = 30.0   # oracle8 - spoiled8 partner accuracy under which no selector result is read
+METRICS = ("partner", "partner_t2v", "partner_v2t", "t2v_R1", "t2v_R5", "v2t_R1", "v2t_R5", "frames_kept",
+           "event_hit", "outlier_share")
+PAIRED = ("partner", "t2v_R1", "v2t_R1")   # metrics compared with uniform8 seed by seed
+FULL = dict(seeds=[0, 1, 2, 3, 4], base_epochs=12, epochs=2, num_videos=400, num_test_videos=100)
 QUICK = dict(seeds=[0, 1], base_epochs=1, epochs=1, num_videos=48, num_test_videos=16)
 BASE_BATCH = 32
 # Study recipe on top of --demo: a compressor learning rate that lets the zero-initialised score
@@ -113,7 +127,17 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--quick", action="store_true", help=f"small study for smoke tests: {QUICK}")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help=f"training seeds (full: {FULL['seeds']})")
     parser.add_argument("--base_epochs", type=int, default=None,
-                        help=f"epochs of the uniform-8 base model (full: {FULL['base_epochs']})")
+                        help=f"epochs of the base model (full: {FULL['base_epochs']})")
+    parser.add_argument("--base_warmup", type=int, default=None,
+                        help="base epochs with random batches before close-caption batches (main.py's "
+                             "--close_captions_warmup; default: half of --base_epochs)")
+    parser.add_argument("--base_frames", type=int, default=8,
+                        help="frames per clip the base model trains on (default: 8)")
+    parser.add_argument("--base_event_frames", choices=params.SYNTHETIC_EVENT_FRAMES, default="always",
+                        help="frames the base trains on (main.py's --synthetic_event_frames): always (default) "
+                             "swaps the sampled frame nearest the event for an event frame, so the base learns "
+                             "what the captioned events look like and every configuration starts from a model that "
+                             "reads them when it sees them; sampled: the loader's own frames")
     parser.add_argument("--epochs", type=int, default=None,
                         help=f"fine-tuning epochs of every configuration (full: {FULL['epochs']})")
     parser.add_argument("--num_videos", type=int, default=None, help=f"synthetic train videos (full: {FULL['num_videos']})")
@@ -123,6 +147,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--finetune_lr", type=float, default=1e-4,
                         help="learning rate of the model in fine-tuning; the base trains at --demo's 1e-3, the "
                              "compressor always at --tempme_lr 1e-2 (default: 1e-4)")
+    parser.add_argument("--batch_sampling", choices=params.BATCH_SAMPLING, default="close_captions",
+                        help="how the base and every fine-tuning form their batches (main.py's --batch_sampling; "
+                             "default: close_captions)")
+    parser.add_argument("--caption_contrast", type=float, default=1.0,
+                        help="main.py's --caption_contrast for the base and every fine-tuning (default: 1.0)")
     parser.add_argument("--conditions", nargs="+", choices=tuple(CONDITIONS), default=list(CONDITIONS),
                         help="data conditions (default: both)")
     parser.add_argument("--configs", nargs="+", choices=tuple(RUN_FLAGS), default=list(CONFIGS),
@@ -137,13 +166,13 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     for key, value in (QUICK if own.quick else FULL).items():
         if getattr(own, key) is None:
             setattr(own, key, value)
-    for key in ("base_epochs", "epochs", "num_videos", "num_test_videos", "batch_size", "jobs"):
+    for key in ("base_epochs", "base_frames", "epochs", "num_videos", "num_test_videos", "batch_size", "jobs"):
         if getattr(own, key) < 1:
             parser.error(f"--{key} must be >= 1, got {getattr(own, key)}")
+    own.base_warmup = own.base_epochs // 2 if own.base_warmup is None else own.base_warmup
     if own.finetune_lr <= 0:
         parser.error(f"--finetune_lr must be > 0, got {own.finetune_lr}")
-    if REFERENCE not in own.configs:
-        own.configs = [REFERENCE, *own.configs]   # every difference is taken against it
+    own.configs = [REFERENCE, *(c for c in own.configs if c != REFERENCE)]   # every difference is taken against it
     own.json = own.json or os.path.join(own.out_dir, "tempme_quality.json")
     own.png = own.png or os.path.join(own.out_dir, "tempme_quality.png")
     return own, argv[split_at + 1:]
@@ -151,17 +180,20 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 
 def run_argv(own: argparse.Namespace, extra: list[str], condition: str, config: str, seed: int) -> list[str]:
     """main.py flags of one run (later flags win, so `extra` can override anything); config
-    "base" (condition "clean") is the uniform-8 model every configuration of the seed starts from."""
+    "base" (condition "clean") is the model every configuration of the seed starts from."""
     runs = os.path.join(own.out_dir, "runs")
     if config == "base":
         output_dir = runs
-        stage = ["--epochs", str(own.base_epochs), "--batch_size", str(BASE_BATCH), *CONFIGS[REFERENCE]]
+        stage = ["--epochs", str(own.base_epochs), "--batch_size", str(BASE_BATCH), "--max_frames", str(own.base_frames),
+                 "--close_captions_warmup", str(own.base_warmup), "--synthetic_event_frames", own.base_event_frames]
     else:
         output_dir = os.path.join(runs, condition)
         stage = ["--epochs", str(own.epochs), "--batch_size", str(own.batch_size), "--lr", str(own.finetune_lr),
                  "--init_model", os.path.join(runs, f"base_s{seed}", checkpoint.BEST), *RUN_FLAGS[config]]
-    return ["--demo", "--no_progress", *STUDY_FLAGS, "--synthetic_num_frames", str(INPUT_FRAMES),
-            "--synthetic_event_fraction", "1.0", "--synthetic_distractor_frames", str(CONDITIONS[condition]),
+    return ["--demo", "--no_progress", *STUDY_FLAGS, "--batch_sampling", own.batch_sampling,
+            "--caption_contrast", str(own.caption_contrast),
+            "--synthetic_num_frames", str(INPUT_FRAMES), "--synthetic_event_fraction", "1.0",
+            "--synthetic_distractor_frames", str(CONDITIONS[condition]),
             "--synthetic_num_videos", str(own.num_videos), "--synthetic_num_test_videos", str(own.num_test_videos),
             "--seed", str(seed), "--output_dir", output_dir, "--run_name", f"{config}_s{seed}", *stage, *extra]
 
@@ -184,39 +216,49 @@ def _finished_test_record(args: argparse.Namespace, dataset_folder: str) -> dict
     return tests[-1] if same and tests else None
 
 
-@torch.no_grad()
-def selection_stats(argv: list[str]) -> dict[str, float]:
-    """What reached CLIP on the test split: {"event_hit": % of test videos whose frames include an
-    event frame, "outlier_share": % of those frames that are distractors}.
+def partners(video_ids: list[str], attributes: dict[str, dict[str, Any]]) -> dict[int, int]:
+    """Test video index -> the index of its partner: the other test video with the same colour,
+    shape, motion and background (they differ by their event only)."""
+    by_base: dict[tuple, list[int]] = {}
+    for index, video_id in enumerate(video_ids):
+        record = attributes[video_id]
+        by_base.setdefault(tuple(record[k] for k in ("colour", "shape", "motion", "background")), []).append(index)
+    return {i: next(j for j in group if j != i) for group in by_base.values() if len(group) > 1 for i in group}
 
-    TempMe: the best checkpoint's compressor on the loaded frames (as in evaluation); without
-    TempMe: the loader's uniform evaluation samples.
-    """
+
+def partner_accuracy(similarity: torch.Tensor, caption_of: list[int], partner: dict[int, int]) -> tuple[float, float]:
+    """(t2v, v2t) partner accuracy in percent from the test `similarity [Nt, Nv]`: over the videos
+    v with a partner p, t2v counts sim(caption of v, v) > sim(caption of v, p) and v2t counts
+    sim(caption of v, v) > sim(caption of p, v); `caption_of[v]` is v's (first) caption."""
+    videos = sorted(partner)
+    if not videos:
+        raise ValueError("no test video has a partner: the study needs --synthetic_event_fraction 1.0")
+    own = torch.tensor([similarity[caption_of[v], v] for v in videos])
+    t2v = torch.tensor([similarity[caption_of[v], partner[v]] for v in videos])
+    v2t = torch.tensor([similarity[caption_of[partner[v]], v] for v in videos])
+    return 100.0 * (own > t2v).double().mean().item(), 100.0 * (own > v2t).double().mean().item()
+
+
+@torch.no_grad()
+def test_details(argv: list[str]) -> dict[str, float]:
+    """What a run's best checkpoint does on the test split beyond the engine's metrics: partner
+    accuracy (t2v, v2t, their mean), the event hit rate (share of test videos whose frames reaching
+    CLIP include an event frame) and the outlier share (share of those frames that are distractors)."""
     args = params.get_args(argv)
     dataset = dataloaders.build_dataset(args, "test", tokenize)
+    model = build_trained_model(args, os.path.join(args.output_dir, args.run_name, checkpoint.BEST),
+                                require_all_trainable=True)
+    result = evaluate(model, dataset, args, torch.device("cpu"), "fp32", details=True)
     with open(os.path.join(dataloaders.dataset_folders(args)[0], "attributes.json")) as f:
         attributes = json.load(f)
-    loaded = uniform_frame_indices(args.synthetic_num_frames, dataset.num_frames)  # loaded frame -> clip frame
-    kept: list[list[int]] = []
-    if not args.use_tempme:
-        kept = [loaded.tolist()] * len(dataset.video_ids)
-    else:
-        best = os.path.join(args.output_dir, args.run_name, checkpoint.BEST)
-        compressor = build_trained_model(args, best, require_all_trainable=True).eval().tempme_compressor
-        for start in range(0, len(dataset.video_ids), args.batch_size_val):
-            items = [dataset.load_video(i, train=False)
-                     for i in range(start, min(start + args.batch_size_val, len(dataset.video_ids)))]
-            _, _, info = compressor(normalize_video(torch.stack([item[0] for item in items])),
-                                    torch.stack([item[1] for item in items]))
-            kept += [loaded[row[row >= 0]].tolist() for row in info["indices"]]
+    t2v, v2t = partner_accuracy(result["similarity"], [c[0] for c in dataset.video_to_captions],
+                                partners(dataset.video_ids, attributes))
+    seen = [set(row[row >= 0].tolist()) for row in result["frames_seen"]]
     events = [set(attributes[v]["event_frames"]) for v in dataset.video_ids]
     outliers = [set(attributes[v]["distractor_frames"]) for v in dataset.video_ids]
-    with_event = [i for i, e in enumerate(events) if e]
-    if not with_event:
-        raise ValueError("no test video carries an event: the study needs --synthetic_event_fraction > 0")
-    return {"event_hit": 100.0 * sum(bool(events[i] & set(kept[i])) for i in with_event) / len(with_event),
-            "outlier_share": 100.0 * sum(len(outliers[i] & set(k)) for i, k in enumerate(kept))
-            / max(1, sum(len(k) for k in kept))}
+    return {"partner_t2v": t2v, "partner_v2t": v2t, "partner": (t2v + v2t) / 2,
+            "event_hit": 100.0 * statistics.fmean(bool(e & s) for e, s in zip(events, seen) if e),
+            "outlier_share": 100.0 * sum(len(o & s) for o, s in zip(outliers, seen)) / max(1, sum(map(len, seen)))}
 
 
 def run_one(argv: list[str], threads: int) -> dict[str, Any]:
@@ -239,7 +281,7 @@ def run_one(argv: list[str], threads: int) -> dict[str, Any]:
     metrics = test["metrics"]
     return {"t2v_R1": metrics["t2v"]["R1"], "t2v_R5": metrics["t2v"]["R5"],
             "v2t_R1": metrics["v2t"]["R1"], "v2t_R5": metrics["v2t"]["R5"],
-            "frames_kept": test["frames_kept"]["mean"], **selection_stats(argv),
+            "frames_kept": test["frames_kept"]["mean"], **test_details(argv),
             "seconds": round(time.perf_counter() - start, 1), "reused": reused}
 
 
@@ -250,78 +292,111 @@ def bootstrap_interval(values: list[float], seed: int = 0) -> tuple[float, float
     return means[int(0.025 * BOOTSTRAP_SAMPLES)], means[int(0.975 * BOOTSTRAP_SAMPLES) - 1]
 
 
-def summarise(rows: list[dict[str, Any]], configs: list[str]) -> dict[str, dict[str, Any]]:
-    """Per configuration: mean and (sample) std over seeds of every metric, and for every
-    configuration but the reference the per-seed t2v/v2t R@1 differences against it, their mean
-    and 95% bootstrap interval."""
-    out: dict[str, dict[str, Any]] = {}
-    reference = {r["seed"]: r for r in rows if r["config"] == REFERENCE}
+def paired(values: list[float]) -> dict[str, Any]:
+    """Per-seed differences with their mean and 95% bootstrap interval."""
+    low, high = bootstrap_interval(values)
+    return {"per_seed": values, "mean": statistics.fmean(values), "ci95": [low, high]}
+
+
+def summarise(rows: list[dict[str, Any]], configs: list[str]) -> dict[str, Any]:
+    """One condition's runs: per configuration the mean and (sample) std over seeds of every metric,
+    and for every configuration but uniform8 the per-seed differences against it (`PAIRED`
+    metrics) with their mean and 95% bootstrap interval, and the share of the uniform8 -> oracle8
+    partner gap it closes. With both oracle8 and spoiled8: the instrument's sensitivity."""
+    by_config = {c: {r["seed"]: r for r in rows if r["config"] == c} for c in configs}
+    reference = by_config[REFERENCE]
+    out: dict[str, Any] = {"configs": {}}
     for config in configs:
-        mine = sorted((r for r in rows if r["config"] == config), key=lambda r: r["seed"])
+        mine = [by_config[config][s] for s in sorted(by_config[config])]
         entry: dict[str, Any] = {m: {"mean": statistics.fmean(r[m] for r in mine),
                                      "std": statistics.stdev(r[m] for r in mine) if len(mine) > 1 else 0.0}
                                  for m in METRICS}
         if config != REFERENCE:
-            for metric in ("t2v_R1", "v2t_R1"):
-                diffs = [r[metric] - reference[r["seed"]][metric] for r in mine]
-                low, high = bootstrap_interval(diffs)
-                entry[f"{metric}_vs_{REFERENCE}"] = {"per_seed": diffs, "mean": statistics.fmean(diffs),
-                                                     "ci95": [low, high]}
-        out[config] = entry
+            for metric in PAIRED:
+                entry[f"{metric}_vs_{REFERENCE}"] = paired([r[metric] - reference[r["seed"]][metric] for r in mine])
+        out["configs"][config] = entry
+    if CEILING in by_config and FLOOR in by_config:
+        seeds = sorted(by_config[CEILING])
+        gap = paired([by_config[CEILING][s]["partner"] - by_config[FLOOR][s]["partner"] for s in seeds])
+        reach = out["configs"][CEILING]["partner"]["mean"] - out["configs"][REFERENCE]["partner"]["mean"]
+        out["sensitivity"] = {**gap, "enough": gap["mean"] >= SENSITIVITY_POINTS,
+                              "uniform8_between": (out["configs"][FLOOR]["partner"]["mean"]
+                                                   <= out["configs"][REFERENCE]["partner"]["mean"]
+                                                   <= out["configs"][CEILING]["partner"]["mean"])}
+        for config, entry in out["configs"].items():
+            if config not in (REFERENCE, CEILING, FLOOR):
+                gain = entry["partner"]["mean"] - out["configs"][REFERENCE]["partner"]["mean"]
+                entry["gap_closed"] = gain / reach if reach > 0 else None
     return out
 
 
-def format_table(summary: dict[str, dict[str, Any]]) -> str:
-    """Markdown table: mean ± std per configuration, and the paired t2v R@1 gain over uniform8."""
-    head = ["config", "frames", "t2v R@1", "v2t R@1", f"t2v R@1 - {REFERENCE} [95% CI]", "per seed",
-            "event hit %", "outliers %"]
+def format_table(summary: dict[str, Any]) -> str:
+    """Markdown table of one condition: mean ± std per configuration, paired differences against
+    uniform8 [95% interval], the share of the uniform8 -> oracle8 gap closed."""
+    head = ["config", "frames", "partner acc. (t2v / v2t)", f"- {REFERENCE} [95% CI]", "gap closed",
+            "t2v R@1", f"- {REFERENCE} [95% CI]", "v2t R@1", "event hit %", "outliers %"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for config, s in summary.items():
-        gain = s.get(f"t2v_R1_vs_{REFERENCE}")
-        gain_cells = ([f"{gain['mean']:+.1f} [{gain['ci95'][0]:+.1f}, {gain['ci95'][1]:+.1f}]",
-                       " ".join(f"{d:+.0f}" for d in gain["per_seed"])] if gain else ["-", "-"])
+
+    def diff(entry: dict[str, Any], metric: str) -> str:
+        d = entry.get(f"{metric}_vs_{REFERENCE}")
+        return f"{d['mean']:+.1f} [{d['ci95'][0]:+.1f}, {d['ci95'][1]:+.1f}]" if d else "-"
+
+    for config, s in summary["configs"].items():
+        closed = s.get("gap_closed")
         cells = [config, f"{s['frames_kept']['mean']:.1f}",
-                 *(f"{s[m]['mean']:.1f} ± {s[m]['std']:.1f}" for m in ("t2v_R1", "v2t_R1")), *gain_cells,
+                 f"{s['partner']['mean']:.1f} ± {s['partner']['std']:.1f} ({s['partner_t2v']['mean']:.0f} / "
+                 f"{s['partner_v2t']['mean']:.0f})", diff(s, "partner"),
+                 "-" if closed is None else f"{100 * closed:.0f}%",
+                 f"{s['t2v_R1']['mean']:.1f} ± {s['t2v_R1']['std']:.1f}", diff(s, "t2v_R1"),
+                 f"{s['v2t_R1']['mean']:.1f} ± {s['v2t_R1']['std']:.1f}",
                  f"{s['event_hit']['mean']:.0f}", f"{s['outlier_share']['mean']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    if "sensitivity" in summary:
+        gap = summary["sensitivity"]
+        verdict = ("the instrument can see selection" if gap["enough"] else
+                   f"under {SENSITIVITY_POINTS:.0f} points: no selector result is read")
+        lines.append(f"\nsensitivity: {CEILING} - {FLOOR} partner accuracy {gap['mean']:+.1f} "
+                     f"[{gap['ci95'][0]:+.1f}, {gap['ci95'][1]:+.1f}] (per seed "
+                     f"{' '.join(f'{d:+.0f}' for d in gap['per_seed'])}): {verdict}; {REFERENCE} "
+                     f"{'lies' if gap['uniform8_between'] else 'does NOT lie'} between them")
     return "\n".join(lines)
 
 
-def bar_chart(summaries: dict[str, dict[str, dict[str, Any]]], title: str, path: str) -> None:
-    """One panel per condition: the paired t2v R@1 difference of each configuration against
-    uniform8 (bar: mean over seeds, whisker: 95% bootstrap interval, dots: seeds), PIL only."""
-    panel_w, height, left, top, bottom = 460, 420, 50, 60, 80
-    width = left + panel_w * len(summaries)
-    image = Image.new("RGB", (width, height), "white")
+def chart(summaries: dict[str, dict[str, Any]], title: str, path: str) -> None:
+    """One panel per condition: partner accuracy of every configuration (bar: mean over seeds, dots:
+    seeds, dashed: chance), spoiled8 and oracle8 drawn as the floor and ceiling lines; PIL only."""
+    panel_w, height, left, top, bottom = 520, 440, 50, 60, 80
+    image = Image.new("RGB", (left + panel_w * len(summaries), height), "white")
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default()
     draw.text((left, 8), title, fill="black", font=font)
-    values = [v for s in summaries.values() for c in s.values() if f"t2v_R1_vs_{REFERENCE}" in c
-              for v in (*c[f"t2v_R1_vs_{REFERENCE}"]["per_seed"], *c[f"t2v_R1_vs_{REFERENCE}"]["ci95"])]
-    limit = max(10.0, *(abs(v) for v in values)) if values else 10.0
     plot_h = height - top - bottom
 
-    def y_of(value: float) -> float:
-        return top + plot_h * (0.5 - value / (2 * limit))
+    def y_of(value: float) -> float:     # 0..100 %
+        return top + plot_h * (1 - value / 100)
 
     for p, (condition, summary) in enumerate(summaries.items()):
-        x0 = left + p * panel_w
-        draw.text((x0 + 10, top - 22), f"{condition}: t2v R@1 minus {REFERENCE} (per seed)", fill="black", font=font)
-        draw.line([(x0, y_of(0)), (x0 + panel_w - 20, y_of(0))], fill="black")
-        for tick in (-limit, -limit / 2, limit / 2, limit):
-            draw.line([(x0, y_of(tick)), (x0 + panel_w - 20, y_of(tick))], fill=(230, 230, 230))
-            draw.text((x0 - 40 if p == 0 else x0 + 2, y_of(tick) - 6), f"{tick:+.0f}", fill="black", font=font)
-        others = [(c, s[f"t2v_R1_vs_{REFERENCE}"]) for c, s in summary.items() if c != REFERENCE]
-        group_w = (panel_w - 40) / max(1, len(others))
-        for g, (config, gain) in enumerate(others):
+        x0, configs = left + p * panel_w, summary["configs"]
+        draw.text((x0 + 10, top - 22), f"{condition}: partner accuracy % (mean; dots: seeds)", fill="black", font=font)
+        for tick in (0, 25, 50, 75, 100):
+            draw.line([(x0, y_of(tick)), (x0 + panel_w - 20, y_of(tick))],
+                      fill=(200, 200, 200) if tick != 50 else (120, 120, 120))
+            draw.text((x0 - 30 if p == 0 else x0 + 2, y_of(tick) - 6), f"{tick}", fill="black", font=font)
+        for name, colour in ((CEILING, (60, 150, 60)), (FLOOR, (200, 70, 50))):
+            if name in configs:
+                draw.line([(x0, y_of(configs[name]["partner"]["mean"])),
+                           (x0 + panel_w - 20, y_of(configs[name]["partner"]["mean"]))], fill=colour, width=2)
+        group_w = (panel_w - 40) / max(1, len(configs))
+        for g, (config, s) in enumerate(configs.items()):
             xa, xb = x0 + 20 + g * group_w + group_w * 0.2, x0 + 20 + (g + 1) * group_w - group_w * 0.2
-            colour = (52, 101, 164) if gain["ci95"][0] > 0 else (150, 150, 150) if gain["ci95"][1] >= 0 \
-                else (200, 70, 50)
-            draw.rectangle([xa, min(y_of(gain["mean"]), y_of(0)), xb, max(y_of(gain["mean"]), y_of(0))], fill=colour)
-            xm = (xa + xb) / 2
-            draw.line([(xm, y_of(gain["ci95"][0])), (xm, y_of(gain["ci95"][1]))], fill="black", width=2)
-            for d in gain["per_seed"]:
-                draw.ellipse([xm + 6, y_of(d) - 2, xm + 10, y_of(d) + 2], fill="black")
+            colour = {CEILING: (60, 150, 60), FLOOR: (200, 70, 50), REFERENCE: (150, 150, 150)}.get(
+                config, (52, 101, 164))
+            draw.rectangle([xa, y_of(s["partner"]["mean"]), xb, y_of(0)], fill=colour)
+            seeds = s.get(f"partner_vs_{REFERENCE}", {}).get("per_seed")
+            base = configs[REFERENCE]["partner"]
+            if seeds is not None:
+                for d in seeds:
+                    draw.ellipse([xb - 8, y_of(base["mean"] + d) - 2, xb - 4, y_of(base["mean"] + d) + 2], fill="black")
             draw.multiline_text((xa - 6, top + plot_h + 8), config.replace("_", "\n"), fill="black", font=font)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
@@ -358,7 +433,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     base_rows, rows = _run_all(own, extra)
     summaries = {c: summarise([r for r in rows if r["condition"] == c], own.configs) for c in own.conditions}
-    base_summary = summarise([{**r, "config": REFERENCE} for r in base_rows], [REFERENCE])[REFERENCE]
+    base_summary = summarise([{**r, "config": REFERENCE} for r in base_rows], [REFERENCE])["configs"][REFERENCE]
     command = "python scripts/tempme_quality.py " + shlex.join(list(sys.argv[1:] if argv is None else argv))
     result = {
         "command": command.strip(),
@@ -366,10 +441,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}",
         "minutes": round((time.perf_counter() - started) / 60, 1),
         "settings": {"seeds": own.seeds, "conditions": {c: CONDITIONS[c] for c in own.conditions},
-                     "base_epochs": own.base_epochs, "base_batch_size": BASE_BATCH, "epochs": own.epochs,
-                     "finetune_lr": own.finetune_lr, "num_videos": own.num_videos,
-                     "num_test_videos": own.num_test_videos, "batch_size": own.batch_size,
-                     "clip_frames": CLIP_FRAMES, "input_frames": INPUT_FRAMES, "extra_main_flags": extra},
+                     "base_epochs": own.base_epochs, "base_warmup": own.base_warmup, "base_frames": own.base_frames,
+                     "base_batch_size": BASE_BATCH,
+                     "base_event_frames": own.base_event_frames, "epochs": own.epochs, "finetune_lr": own.finetune_lr,
+                     "batch_sampling": own.batch_sampling, "caption_contrast": own.caption_contrast,
+                     "num_videos": own.num_videos, "num_test_videos": own.num_test_videos,
+                     "batch_size": own.batch_size, "clip_frames": CLIP_FRAMES, "input_frames": INPUT_FRAMES,
+                     "extra_main_flags": extra},
         "configs": {c: RUN_FLAGS[c] for c in own.configs},
         "base_runs": base_rows,
         "runs": rows,
@@ -379,10 +457,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     Path(own.json).parent.mkdir(parents=True, exist_ok=True)
     with open(own.json, "w") as f:
         json.dump(result, f, indent=1)
-    bar_chart(summaries, f"STOP on synthetic 48-frame clips, {len(own.seeds)} seeds: learned 48 -> 8 frames "
-                         f"against uniform 8 after {own.epochs} fine-tuning epochs from a uniform-8 base", own.png)
-    print(f"base (uniform 8 on clean clips, before fine-tuning): t2v R@1 {base_summary['t2v_R1']['mean']:.1f} "
-          f"± {base_summary['t2v_R1']['std']:.1f}")
+    chart(summaries, f"STOP on synthetic 48-frame clips, {len(own.seeds)} seeds, {own.batch_sampling} batches: "
+                     f"partner accuracy after {own.epochs} fine-tuning epochs from the base", own.png)
+    print(f"base ({own.base_frames} frames, event frames {own.base_event_frames}, clean clips, tested the same "
+          f"way): partner accuracy "
+          f"{base_summary['partner']['mean']:.1f} ± {base_summary['partner']['std']:.1f}, t2v R@1 "
+          f"{base_summary['t2v_R1']['mean']:.1f} ± {base_summary['t2v_R1']['std']:.1f}")
     for condition in own.conditions:
         print(f"\n{condition}\n{format_table(summaries[condition])}")
     print(f"wrote {own.json} and {own.png} ({result['minutes']} min)")

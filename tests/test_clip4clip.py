@@ -14,6 +14,7 @@ from engine.optim import parameter_groups
 from engine.train import model_outputs
 from modules.clip import build_clip, normalize_video, random_clip_state_dict
 from modules.clip4clip import CLIP4Clip
+from modules.errors import UserError
 from modules.factory import build_model
 from modules.stop import LinearPromptGenerator, prompt_rows
 
@@ -81,6 +82,32 @@ def test_train_clip_group_and_logit_scale(tiny_sd):
         model.clip.logit_scale.fill_(10.0)     # clamped to ln 100
     t = F.normalize(torch.randn(2, 128), dim=-1)
     torch.testing.assert_close(model.get_similarity_logits(t, t).diagonal(), torch.full((2,), 100.0))
+
+
+@pytest.mark.parametrize("frozen_layers", [-1, 0, 2, 4])
+def test_clip_frozen_layers_train_only_the_blocks_above(tiny_sd, frozen_layers):
+    """The tiny CLIP has 4 blocks per tower; N >= 0 freezes the input embeddings and blocks 0..N-1."""
+    model = _model(tiny_sd, "--train_clip", "True", "--clip_frozen_layers", str(frozen_layers))
+    trained = {n for n, p in model.clip.named_parameters() if p.requires_grad and ".adapter." not in n}
+    embeddings = {"visual.conv1.weight", "visual.class_embedding", "visual.positional_embedding",
+                  "visual.ln_pre.weight", "token_embedding.weight", "positional_embedding"}
+    outputs = {"visual.ln_post.weight", "visual.proj", "ln_final.weight", "text_projection"}
+    assert outputs <= trained and "logit_scale" not in trained
+    assert embeddings & trained == (embeddings if frozen_layers == -1 else set())
+    for tower in ("visual.transformer", "transformer"):
+        for block in range(4):
+            name = f"{tower}.resblocks.{block}.mlp.c_fc.weight"
+            assert (name in trained) == (block >= frozen_layers), name
+    assert all(p.requires_grad for n, p in model.clip.named_parameters() if ".adapter." in n)
+    assert {n.removeprefix("clip.") for n, _ in parameter_groups(model).get("clip", [])} == trained
+
+
+def test_clip_frozen_layers_needs_train_clip_and_a_depth_clip_has(tiny_sd, capsys):
+    with pytest.raises(SystemExit):
+        _args("--clip_frozen_layers", "2")
+    assert "--clip_frozen_layers 2 freezes part of a fine-tuned CLIP: add --train_clip True" in capsys.readouterr().err
+    with pytest.raises(UserError, match="--clip_frozen_layers 5 is more than CLIP's 4 blocks"):
+        _model(tiny_sd, "--train_clip", "True", "--clip_frozen_layers", "5")
 
 
 def test_forward_returns_both_towers_and_loss_is_symmetric_infonce(tiny_sd):

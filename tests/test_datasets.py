@@ -48,6 +48,9 @@ def check_item(item, num_frames=4, size=16, words=12):
     assert torch.equal(item["attention_mask"], (item["input_ids"] != 0).long())
     assert item["video"].shape == (num_frames, 3, size, size) and item["video"].dtype == torch.uint8
     assert item["video_mask"].shape == (num_frames,) and item["video_mask"].dtype == torch.long
+    real = item["video_mask"] > 0
+    assert item["frame_indices"].shape == (num_frames,) and (item["frame_indices"][~real] == -1).all()
+    assert (item["frame_indices"][real].diff() > 0).all()        # real frames, in the file's order
 
 
 @pytest.fixture
@@ -241,9 +244,10 @@ def test_uniform_train_frame_sampling_uses_segment_centres(msrvtt):
     ramp = np.repeat(np.arange(0, 240, 8, dtype=np.uint8)[:, None, None, None], 32, axis=1)
     write_mp4(str(videos / "video0.mp4"), np.broadcast_to(ramp, (30, 32, 32, 3)).copy())  # frames differ
     uniform = build_dataset(get_args("msrvtt", data, videos, "--train_frame_sampling", "uniform"), "train", tokenize)
-    centres, _, _ = uniform.load_video(0, train=False)
+    centres, _, _, centre_indices = uniform.load_video(0, train=False)
+    assert centre_indices.tolist() == [3, 10, 18, 25]             # 30 frames: centres of 4 segments
     for _ in range(3):
-        frames, _, ok = uniform.load_video(0, train=True)
+        frames, _, ok, _ = uniform.load_video(0, train=True)
         assert ok and torch.equal(frames, centres)
     random = build_dataset(get_args("msrvtt", data, videos), "train", tokenize)
     assert any(not torch.equal(random.load_video(0, train=True)[0], centres) for _ in range(8))

@@ -6,6 +6,8 @@ import json
 import math
 import os
 import random
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,7 +21,7 @@ from torch import nn
 
 import params
 from engine import checkpoint, optim
-from engine.train import NonFiniteLossError, train_one_epoch
+from engine.train import NonFiniteLossError, ctrl_c_never_lost, raise_if_ctrl_c, train_one_epoch
 from modules.loss import LossConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -296,6 +298,46 @@ def test_torchrun_two_processes_take_the_same_steps(single_run, synthetic_dir, t
     assert len(torch.load(tmp_path / "ddp" / "latest.pt", weights_only=True)["rng"]) == 2
 
 
+@pytest.mark.slow
+def test_torchrun_with_close_caption_batches_takes_the_one_process_steps(synthetic_dir, tmp_path):
+    """16 videos in 4 global batches of 2 groups of close captions each: 2 processes (2 videos each
+    per batch) take the steps of one process."""
+    import main
+    extra = ("--synthetic_num_videos", "16", "--expand_msrvtt_sentences", "False", "--batch_size", "4",
+             "--batch_sampling", "close_captions", "--caption_group_size", "2")
+    main.main(_run_flags(tmp_path, synthetic_dir, "one", *extra))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(REPO / "main.py"), *_run_flags(tmp_path, synthetic_dir, "two", *extra)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = _records(tmp_path / "one"), _records(tmp_path / "two")
+    assert [r["split"] for r in two] == [r["split"] for r in one] == ["val", "val", "test"]
+    for a, b in zip(one, two):
+        if a["split"] == "val":
+            assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+        assert _flat(b["metrics"]) == pytest.approx(_flat(a["metrics"]), rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_torch_distributed_launch_runs_as_torchrun_does(single_run, synthetic_dir, tmp_path):
+    """CLIP4Clip's launcher (`python -m torch.distributed.launch`, which passes --local-rank=N) with
+    its entry point name: the same steps as one process."""
+    single_dir, _ = single_run
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.launch", "--nproc_per_node", "2", "--master_port", str(port),
+           str(REPO / "main_task_retrieval.py"), *_run_flags(tmp_path, synthetic_dir, "launch")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for a, b in zip(_records(single_dir)[:2], _records(tmp_path / "launch")[:2]):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+    log = (tmp_path / "launch" / "log.txt").read_text()
+    assert "processes 2" in log and "--local_rank 0 -> process 0 of this machine (LOCAL_RANK" in log
+
+
 def _killed_after_first_epoch(monkeypatch, flags: list[str]) -> int:
     """Run main(flags) with a KeyboardInterrupt right after the first epoch's latest.pt is saved
     (a kill at that moment); returns the exit code."""
@@ -361,12 +403,14 @@ def test_killed_run_with_workers_and_tsn_resumes_like_an_uninterrupted_one(synth
 def test_run_killed_in_its_process_resumes_in_a_new_one_like_an_uninterrupted_run(synthetic_dir, tmp_path):
     """SIGTERM to a real `python main.py` once epoch 1's latest.pt is written, then the same command
     with `--resume auto` in a new process. The spatial prompt's dropout draws from the global RNG,
-    and 2 persistent workers load the data: every epoch the new process trains must end exactly as
-    in a run never interrupted (nothing the new process starts may draw from the restored RNG)."""
+    2 persistent workers load the data, batches are random in epoch 1 and of close captions after:
+    every epoch the new process trains must end exactly as in a run never interrupted (nothing the
+    new process starts may draw from the restored RNG)."""
     import main
     extra = ("--spatial_prompt", "True", "--synthetic_num_videos", "16", "--synthetic_num_frames", "8",
              "--batch_size", "4", "--epochs", "3", "--num_workers", "2", "--train_frame_sampling", "random",
-             "--expand_msrvtt_sentences", "False", "--resume", "auto")
+             "--expand_msrvtt_sentences", "False", "--batch_sampling", "close_captions", "--caption_group_size", "2",
+             "--close_captions_warmup", "1", "--resume", "auto")
     main.main(_run_flags(tmp_path, synthetic_dir, "whole", *extra))
     command = [sys.executable, str(REPO / "main.py"), *_run_flags(tmp_path, synthetic_dir, "killed", *extra)]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
@@ -457,3 +501,23 @@ def test_resume_never_resamples_the_prompt_table(single_run, synthetic_dir, tmp_
 def test_resume_auto_needs_a_run_name():
     with pytest.raises(SystemExit):
         params.get_args(["--do_train", "--dataset", "synthetic", "--resume", "auto"])
+
+
+def test_a_ctrl_c_swallowed_where_it_landed_is_raised_at_the_next_check():
+    """Python swallows exceptions raised in some callbacks (the logging module's fork hook): the
+    Ctrl-C stays pending and the training loop's next check raises it; outside the block nothing is
+    pending and SIGINT has its default handler again."""
+    def swallowing_callback():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs here
+        except KeyboardInterrupt:
+            pass
+
+    with ctrl_c_never_lost():
+        raise_if_ctrl_c()  # nothing pending yet
+        swallowing_callback()
+        with pytest.raises(KeyboardInterrupt):
+            raise_if_ctrl_c()
+    raise_if_ctrl_c()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -2,6 +2,7 @@
 no traceback; CLIP4Clip's flags; one run per run folder; val never the test split by default; Ctrl-C."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pickle
@@ -244,8 +245,8 @@ def test_user_error_ends_main_with_one_line_exit_2_and_no_run_folder(weight_file
 
 
 def test_argparse_errors_read_the_same_way(capsys):
-    code, line = stop_of(["--datatype", "nope"], capsys)
-    assert code == 2 and line.startswith("error: argument --dataset/--datatype: invalid choice: 'nope'")
+    code, line = stop_of(["--dataset", "nope"], capsys)
+    assert code == 2 and line.startswith("error: argument --dataset: invalid choice: 'nope'")
     code, line = stop_of(["--demo", "--clip_weights", "ViT-B-32.pt"], capsys)
     assert code == 2 and "--clip_weights ViT-B-32.pt is not used with --clip_init random (the --demo default)" in line
     assert "--clip_init pretrained" in line
@@ -304,7 +305,7 @@ def test_help_prints_each_default_once(capsys):
     shown = {block.split()[0]: " ".join(block.split()).count("(default") for block in blocks[1:]}
     parser = params.build_parser()
     for action in parser._actions[1:]:   # after --help: every default shown once, None never as "None"
-        assert shown[action.option_strings[0]] == 1 if action.default is not None else \
+        assert shown[action.option_strings[0]] == 1 if action.default not in (None, argparse.SUPPRESS) else \
             shown[action.option_strings[0]] <= 1, action.option_strings
 
 

@@ -29,6 +29,8 @@ def test_bad_boolean_is_rejected(capsys):
     (["--max_frames", "0"], "--max_frames"),
     (["--num_text_prompts", "3"], "--num_text_prompts"),
     (["--do_train", "--dataset", "msrvtt"], "--data_path"),
+    (["--feature_framerate", "-1"], "--feature_framerate must be >= 0"),
+    (["--slice_framepos", "3"], "--slice_framepos"),
 ])
 def test_invalid_values_name_the_flag(argv, flag, capsys):
     with pytest.raises(SystemExit):

@@ -3,13 +3,14 @@ import hashlib
 import json
 import multiprocessing
 import os
+import pickle
 
 import numpy as np
 import pytest
 import torch
 
 import params
-from dataloaders import build_dataset
+from dataloaders import build_dataset, dataset_folders
 from dataloaders.synthetic import EVENTS, add_distractors, ensure_dataset, plan_split, render
 from dataloaders.video_reader import VideoReader
 
@@ -145,3 +146,29 @@ def test_distractors_are_uncaptioned_outliers_away_from_the_event(small, tmp_pat
         assert json.load(f)["sentences"] == json.load(g)["sentences"]      # same clips, same captions
     with pytest.raises(ValueError, match="--synthetic_distractor_frames"):
         ensure_dataset(root=str(tmp_path), **{**SMALL, "distractor_frames": 5})
+
+
+def test_event_frames_always_and_never(tmp_path):
+    """The study's reference rows read the clips through the generator's record of the events: `always`
+    puts an event frame among the sampled ones (moving the nearest sampled frame only), `never` takes
+    every event frame out; `sampled` is the loader's own choice."""
+    flags = ["--dataset", "synthetic", "--synthetic_dir", str(tmp_path), "--synthetic_num_videos", "12",
+             "--synthetic_num_test_videos", "12", "--synthetic_num_frames", "24", "--synthetic_event_fraction", "1.0",
+             "--synthetic_resolution", "32", "--image_size", "32", "--max_frames", "4", "--num_workers", "0"]
+    seen = {}
+    for mode in ("sampled", "always", "never"):
+        data = build_dataset(params.get_args(flags + ["--synthetic_event_frames", mode]), "test", ones_tokenizer)
+        seen[mode] = [data.load_video(i, train=False)[3].tolist() for i in range(len(data.video_ids))]
+        pickle.loads(pickle.dumps(data))            # loader workers may be spawned with the dataset
+    with open(os.path.join(dataset_folders(params.get_args(flags))[0], "attributes.json")) as f:
+        attributes = json.load(f)
+    events = [set(attributes[v]["event_frames"]) for v in data.video_ids]
+    assert seen["sampled"][0] == [2, 8, 14, 20]                          # centres of 4 segments of 6
+    for sampled, always, never, event in zip(seen["sampled"], seen["always"], seen["never"], events):
+        assert event & set(always) and not event & set(never)
+        assert always == sorted(always) and never == sorted(never) and len(set(never)) == 4
+        if event & set(sampled):
+            assert always == sampled
+        else:                                                        # one frame moved, onto the event
+            assert sum(a != s for a, s in zip(always, sampled)) == 1
+    assert any(s != n for s, n in zip(seen["sampled"], seen["never"]))   # some sampled frames were events

@@ -239,3 +239,24 @@ def test_frame_score_loss_matches_cross_entropy_and_trains_scores():
     frame_score_loss(info["scores"], torch.randn(3, T_IN), mask).backward()
     assert model.scorer.head.weight.grad.any()
     assert info["probs"].requires_grad
+
+
+def test_adaptive_keeps_more_frames_for_a_longer_video_of_the_same_content():
+    """Frame-rate sampling gives a longer video more real frames of the 48 loaded; a fresh compressor
+    keeps a count that never falls with the length, for a clip changing at every frame, at every
+    third frame, or not at all (min 8, or every frame of a shorter video)."""
+    torch.manual_seed(0)
+    model = AdaptiveTempMe(input_frames=48, min_output_frames=8, max_output_frames=16, hidden_dim=32).eval()
+    gen = torch.Generator().manual_seed(6)
+    changing = torch.randn(48, 3, SIDE, SIDE, generator=gen)
+    every_third = changing[torch.arange(48) // 3 * 3]
+    still = changing[:1].expand(48, -1, -1, -1) + 0.01 * torch.randn(48, 3, SIDE, SIDE, generator=gen)
+    lengths = (2, 6, 10, 16, 24, 32, 40, 48)
+    for content, expected_longest in ((changing, 16), (every_third, 11), (still, 8)):
+        video = content.expand(len(lengths), -1, -1, -1, -1).clone()
+        mask = (torch.arange(48) < torch.tensor(lengths)[:, None]).long()
+        with torch.no_grad():
+            kept = model(video, mask)[2]["frames_kept"].tolist()
+        assert kept == sorted(kept) and kept[-1] == expected_longest, kept
+        assert kept[:2] == [2, 6], "a video shorter than the minimum keeps every frame"
+    assert kept == [2, 6, 8, 8, 8, 8, 8, 8], "a still video keeps the minimum whatever its length"

@@ -2,6 +2,9 @@
 frame teacher's inputs that the training step adds to the model's outputs (`engine.train.model_outputs`)."""
 from __future__ import annotations
 
+import math
+import statistics
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,7 +15,8 @@ from engine.train import model_outputs
 from modules.clip import normalize_video, random_clip_state_dict
 from modules.clip4clip import CLIP4Clip
 from modules.factory import build_model
-from modules.loss import LossConfig, RetrievalLoss, caption_relevance_targets, distinctiveness_targets
+from modules.loss import (LossConfig, RetrievalLoss, caption_contrast_loss, caption_relevance_targets,
+                          completion_targets, distinctiveness_targets)
 
 SIDE, WORDS, T_IN = 64, 12, 6
 
@@ -171,3 +175,87 @@ def test_frame_embeddings_are_one_frame_videos_at_their_place_in_time(tiny_sd, p
         for b, t in ((0, 0), (1, 3)):
             alone = model._embed(video[b:b + 1, t:t + 1], torch.ones(1, 1), torch.tensor([[t]]), T_IN)
             torch.testing.assert_close(emb[b, t], F.normalize(alone[0], dim=-1), atol=1e-5, rtol=1e-4)
+
+
+def test_completion_teacher_prefers_the_frame_that_completes_the_others():
+    """Captions: the own one names content + event, the partner content + another event, two others
+    share the event but not the content. Frame 2 shows the event alone (a flash washes the content
+    out), frame 4 is an uncaptioned outlier, the compressor keeps the content frames 0, 1, 3. Alone,
+    the event frame matches three captions and ranks below the content frames (`text`); with the
+    kept frames it picks out its own caption, so the completion teacher ranks it first and the
+    outlier, which adds nothing to any caption, not above the content frames. Once the event frame is
+    kept it still ranks first (dropping it would lose what tells the caption apart)."""
+    content, event, other, x, y, outlier = torch.eye(8)[:6]
+    captions = torch.stack([content + event, content + other, event + x, event + y])
+    frames = F.normalize(torch.stack([content, content, event, content, outlier])[None], dim=-1)   # [1, 5, D]
+    mask, kept = torch.ones(1, 5), torch.tensor([[0, 1, 3]])
+    scale = torch.tensor(30.0)
+    alone = caption_relevance_targets(frames, captions, scale)
+    assert alone[0, 2] < alone[0, 0]
+    completion = completion_targets(frames, mask, kept, captions, scale)
+    assert completion.argmax() == 2 and completion[0, 4] <= completion[0, [0, 1, 3]].min() + 1e-5
+    torch.testing.assert_close(completion[0, 0], completion[0, 1])      # kept content frames alike
+    with_event = completion_targets(frames, mask, torch.tensor([[0, 2, 3]]), captions, scale)
+    assert with_event.argmax() == 2 and with_event[0, 2] > with_event[0, [0, 1, 3, 4]].max()
+    outputs = {"teacher_frame_emb": frames, "input_mask": mask, "text_emb": captions, "logit_scale": scale,
+               "info": {"indices": kept}}
+    via_loss = RetrievalLoss(LossConfig(teacher="completion")).frame_targets(outputs)
+    torch.testing.assert_close(via_loss, completion)
+    # Padded frames and empty slots are ignored: the same video padded to 7 frames, one slot unused.
+    padded = torch.cat([frames, torch.zeros(1, 2, 8)], 1)
+    again = completion_targets(padded, torch.cat([mask, torch.zeros(1, 2)], 1), torch.tensor([[0, 1, 3, -1]]),
+                               captions, scale)
+    torch.testing.assert_close(again[0, :5], completion[0])
+
+
+def test_caption_contrast_tells_captions_apart_but_not_those_of_one_video():
+    torch.manual_seed(0)
+    texts = torch.randn(4, 8, requires_grad=True)
+    scale = torch.tensor(10.0)
+    got = caption_contrast_loss(texts, scale)
+    unit = F.normalize(texts.detach(), dim=-1)
+    expected = statistics.fmean(-math.log(math.exp(10 * float(unit[i] @ unit[i]))
+                                          / sum(math.exp(10 * float(unit[i] @ unit[j])) for j in range(4)))
+                                for i in range(4))
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+    # Captions 0 and 1 belong to one video: neither is the other's negative.
+    owners = torch.tensor([0, 0, 1, 2])
+    masked = caption_contrast_loss(texts, scale, owners)
+    rows = [[j for j in range(4) if j == i or owners[j] != owners[i]] for i in range(4)]
+    expected = statistics.fmean(-math.log(math.exp(10 * float(unit[i] @ unit[i]))
+                                          / sum(math.exp(10 * float(unit[i] @ unit[j])) for j in rows[i]))
+                                for i in range(4))
+    assert masked.item() == pytest.approx(expected, rel=1e-5)
+    # Two captions that (nearly) collapsed are pushed apart by its gradient.
+    close = torch.stack([torch.eye(8)[0], torch.eye(8)[0] + 0.01 * torch.eye(8)[1], torch.eye(8)[2]]).requires_grad_()
+    (grad,) = torch.autograd.grad(caption_contrast_loss(close, scale), close)
+    before, after = F.normalize(close.detach(), dim=-1), F.normalize(close.detach() - 0.5 * grad, dim=-1)
+    assert float(after[0] @ after[1]) < float(before[0] @ before[1])
+
+
+def test_retrieval_loss_adds_the_weighted_caption_contrast():
+    torch.manual_seed(0)
+    outputs = {"text_emb": torch.randn(4, 8), "video_emb": torch.randn(4, 8), "logit_scale": torch.tensor(10.0),
+               "video_index": torch.tensor([0, 0, 1, 2])}
+    plain = RetrievalLoss(LossConfig(aux_weight=0.0))(outputs, output_dict=True)
+    with_contrast = RetrievalLoss(LossConfig(aux_weight=0.0, caption_contrast=0.5))(outputs, output_dict=True)
+    assert "caption_contrast" not in plain
+    expected = caption_contrast_loss(outputs["text_emb"], outputs["logit_scale"], outputs["video_index"])
+    torch.testing.assert_close(with_contrast["caption_contrast"], expected)
+    torch.testing.assert_close(with_contrast["loss"], plain["loss"] + 0.5 * expected)
+    with pytest.raises(ValueError, match="caption_contrast"):
+        RetrievalLoss(LossConfig(caption_contrast=-1.0))
+
+
+@pytest.mark.parametrize("tempme_type", ["simple", "basic", "adaptive"])
+def test_completion_teacher_reaches_the_selector(tiny_sd, tempme_type):
+    """The completion targets (built from the kept frames of the step's own selection) give every
+    compressor's score head a gradient through the frame-selection term."""
+    model = _model(tiny_sd, tempme_type, 1.0)
+    batch = list(_batch())
+    loss_fn = RetrievalLoss(LossConfig(aux_weight=1.0, teacher="completion", teacher_share=1.0))
+    outputs = model_outputs(model, loss_fn, batch, torch.tensor([0, 1, 2]))
+    aux = loss_fn(outputs, output_dict=True)["frame_selection"]
+    assert torch.isfinite(aux) and aux > 0
+    (grad,) = torch.autograd.grad(aux, _score_head(model))
+    assert grad.abs().sum() > 0

@@ -1,4 +1,4 @@
-"""scripts/benchmark_tempme.py and scripts/visualize_tempme.py on tiny models and data."""
+"""scripts/benchmark_tempme.py, scripts/visualize_tempme.py and scripts/tempme_length.py on tiny models and data."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from scripts import benchmark_tempme, visualize_tempme
+from scripts import benchmark_tempme, tempme_length, visualize_tempme
 
 ROW_KEYS = {"type", "ratio", "frames_in", "frames_out", "encode_ms", "compressor_ms", "gflops", "peak_mem_mb"}
 
@@ -59,18 +59,15 @@ def test_compressed_rows_are_timed_as_paired_ratios_to_their_reference(monkeypat
     assert calls == [own_encode, reference_encode] * 3     # alternated, pair by pair
 
 
-def test_train_rows_add_the_teacher_at_its_share_and_pair_with_the_reference(monkeypatch):
-    """step_vs_none = median over repeats of (step + share x teacher) / reference step, per video."""
+def test_train_rows_pair_each_step_with_the_reference(monkeypatch):
+    """step_vs_none = median over repeats of step / reference step (the teacher runs inside the step)."""
     def step() -> torch.Tensor:
         return torch.ones(2, 3)                                  # frame mask after TempMe: 3 frames
-
-    def teacher() -> None:
-        return None
 
     def reference() -> None:
         return None
 
-    timings = {step: [10.0, 30.0, 10.0], teacher: [8.0, 8.0, 40.0, 8.0], reference: [40.0, 40.0, 40.0]}
+    timings = {step: [12.0, 30.0, 10.0], reference: [40.0, 40.0, 40.0]}
     calls = []
 
     def fake_times_ms(fn, device, repeats, warmup=True):
@@ -78,24 +75,23 @@ def test_train_rows_add_the_teacher_at_its_share_and_pair_with_the_reference(mon
         return [timings[fn].pop(0) for _ in range(repeats)]
 
     monkeypatch.setattr(benchmark_tempme, "times_ms", fake_times_ms)
-    monkeypatch.setattr(benchmark_tempme, "time_ms", lambda fn, device, repeats: fake_times_ms(fn, device, 1)[0])
-    trainer = benchmark_tempme.Trainer(step, teacher, teacher_share=0.25)
-    row = benchmark_tempme.measure_train(benchmark_tempme.Setting("basic", 48, 1 / 6, 8), trainer, batch=2,
-                                         repeats=3, device=torch.device("cpu"), reference=(reference, 100.0))
-    # per video: (10 + 0.25 * 8) / 40 = 0.3, (30 + 0.25 * 40) / 40 = 1.0, (10 + 2) / 40 = 0.3 -> median 0.3
+    row = benchmark_tempme.measure_train(benchmark_tempme.Setting("basic", 48, 1 / 6, 8),
+                                         benchmark_tempme.Trainer(step, taught=1), batch=2, repeats=3,
+                                         device=torch.device("cpu"), reference=(reference, 100.0))
+    # 12 / 40 = 0.3, 30 / 40 = 0.75, 10 / 40 = 0.25 -> median 0.3
     assert row.step_vs_none == pytest.approx(0.3) and row.step_ms == pytest.approx(30.0)
-    assert row.teacher_ms == 4.0 and row.frames_out == 3                   # 8 ms for a batch of 2
-    assert calls[1:] == [step, teacher, reference] * 3                     # after timing the teacher alone
+    assert row.frames_out == 3 and row.taught == 1
+    assert calls == [step, reference] * 3                                  # alternated, pair by pair
 
 
 @pytest.mark.slow
 def test_train_benchmark_runs_on_a_tiny_model(tmp_path):
     out = tmp_path / "train.json"
-    benchmark_tempme.main(["--train", "--arch", "tiny", "--device", "cpu", "--repeats", "1", "--batch_size", "2",
+    benchmark_tempme.main(["--train", "--arch", "tiny", "--device", "cpu", "--repeats", "1",
                            "--max_input_frames", "12", "--json", str(out)])
     rows = {r["type"]: r for r in json.loads(out.read_text())}
     assert set(rows) == {"none", "simple"} and rows["simple"]["frames_out"] == 6
-    assert rows["simple"]["teacher_ms"] > 0 and rows["simple"]["teacher_share"] == 0.25
+    assert rows["simple"]["taught"] == 1 and rows["none"]["taught"] == 0   # batch 4: a quarter is one video
     assert rows["none"]["step_vs_none"] == 1.0 and rows["simple"]["step_vs_none"] > 0
 
 
@@ -128,3 +124,14 @@ def test_visualizer_requires_tempme(tmp_path, synthetic_flags):
     flags[flags.index("--use_tempme") + 1] = "False"
     with pytest.raises(SystemExit):
         visualize_tempme.main(["--out_dir", str(tmp_path), "--"] + flags)
+
+
+def test_adaptive_keeps_more_frames_of_longer_videos_read_at_a_frame_rate():
+    """Real mp4 files read at 1 frame per second: 4 s, 16 s and 64 s of each content."""
+    rows = tempme_length.main(["--durations", "4", "16", "64", "--framerates", "1"])
+    assert [row["decoded"] for row in rows] == [4, 16, 48]
+    for content in tempme_length.CONTENTS:
+        kept = [row[content] for row in rows]
+        assert kept == sorted(kept), (content, kept)
+    assert [row["still"] for row in rows] == [4, 8, 8]
+    assert rows[-1]["pan"] == 16 > rows[-1]["cuts"] > rows[-1]["still"]

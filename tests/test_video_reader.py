@@ -1,12 +1,14 @@
 """Frame sampling, decoding with both backends, resize/crop, masks, failures, normalisation."""
 import random
+from fractions import Fraction
 
 import numpy as np
 import pytest
 import torch
 
 from dataloaders.synthetic import write_mp4
-from dataloaders.video_reader import VideoReader, VideoReadError, plan_windows, sample_frame_indices
+from dataloaders.video_reader import (VideoReader, VideoReadError, framerate_frame_indices, plan_windows,
+                                     sample_frame_indices)
 from modules.clip import CLIP_MEAN, CLIP_STD, normalize_video
 
 BACKENDS = ("decord", "pyav")
@@ -209,3 +211,102 @@ def test_read_windows_of_bad_files_raise(tmp_path):
     for name, reason in (("empty.mp4", "empty file"), ("noise.mp4", "cannot decode")):
         with pytest.raises(VideoReadError, match=reason):
             list(reader.read_windows(str(tmp_path / name), 2.0, 1.0))
+
+
+# ---------------------------------------------------------------- frames at a frame rate (CLIP4Clip's extractor)
+
+def reference_framerate_indices(frame_count: int, fps: int, framerate: int, max_frames: int, slice_framepos: int
+                                ) -> list[int]:
+    """What CLIP4Clip's extractor and loader keep, computed as they do: read second by second, at
+    each the frames `sec * fps + ind` for the first `framerate` multiples `ind` of `fps // framerate`
+    (every frame for 0), stop at the first frame past the end; then cut to `max_frames`."""
+    interval = max(1, fps // framerate) if framerate else 1
+    inds = list(np.arange(0, fps, interval))[:framerate or fps]
+    read = []
+    for sec in range((frame_count + fps - 1) // fps + 1):
+        stop = False
+        for ind in inds:
+            if sec * fps + ind >= frame_count:
+                stop = True
+                break
+            read.append(sec * fps + ind)
+        if stop:
+            break
+    if len(read) <= max_frames:
+        return read
+    if slice_framepos == 0:
+        return read[:max_frames]
+    if slice_framepos == 1:
+        return read[-max_frames:]
+    return [read[i] for i in np.linspace(0, len(read) - 1, num=max_frames, dtype=int)]
+
+
+def write_numbered(path, count: int, fps=10, seconds=None) -> str:
+    """A 32x32 video whose frame k is flat: red 8 + 16 (k % 16), green 8 + 16 (k // 16)."""
+    frames = np.full((count, 32, 32, 3), 128, dtype=np.uint8)
+    for k in range(count):
+        frames[k, ..., 0], frames[k, ..., 1] = 8 + 16 * (k % 16), 8 + 16 * (k // 16)
+    write_mp4(str(path), frames, fps=fps, seconds=seconds)
+    return str(path)
+
+
+def numbers_of(video: torch.Tensor, mask: torch.Tensor) -> list[int]:
+    """Frame numbers of the real frames of `video [T, 3, 32, 32]` read back from their colour."""
+    red, green = video[mask.bool()].float().mean(dim=(2, 3))[:, :2].T
+    return [round((r - 8) / 16) + 16 * round((g - 8) / 16) for r, g in zip(red.tolist(), green.tolist())]
+
+
+# (name, frames, rate written, the integer rate the extractor reads, variable-rate presentation times)
+FRAMERATE_VIDEOS = [
+    ("30fps", 100, 30, 30, None),
+    ("29.97fps", 100, Fraction(30000, 1001), 29, None),           # the reference truncates the rate
+    ("under_a_second", 5, 10, 10, None),
+    ("variable_rate", 50, 30, 12, [i / 10 for i in range(20)] + [2 + i / 15 for i in range(30)]),  # 12.6 on average
+    ("slower_than_sampled", 7, 2, 2, None),                       # fewer frames per second than asked for
+]
+
+
+@pytest.fixture(scope="module")
+def framerate_videos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("framerate")
+    return {name: (write_numbered(folder / f"{name}.mp4", count, rate, seconds), count, fps)
+            for name, count, rate, fps, seconds in FRAMERATE_VIDEOS}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", [v[0] for v in FRAMERATE_VIDEOS])
+@pytest.mark.parametrize("framerate, max_frames, slice_framepos", [
+    (3, 4, 0), (3, 4, 1), (3, 4, 2), (2, 6, 2), (1, 12, 2), (0, 8, 2), (3, 64, 2)])
+def test_framerate_sampling_decodes_the_reference_frames(framerate_videos, backend, name, framerate, max_frames,
+                                                         slice_framepos):
+    path, count, fps = framerate_videos[name]
+    expected = reference_framerate_indices(count, fps, framerate, max_frames, slice_framepos)
+    reader = VideoReader(backend=backend, num_frames=max_frames, image_size=32, framerate=framerate,
+                         slice_framepos=slice_framepos)
+    video, mask, indices = reader.read_with_indices(path, train=False)
+    assert indices == expected
+    assert numbers_of(video, mask) == expected, "the decoded frames are the ones named"
+    assert mask.tolist() == [1] * len(expected) + [0] * (max_frames - len(expected))
+
+
+def test_framerate_sampling_follows_the_duration():
+    """At 3 frames per second of 30 fps video: 1 s gives 3 frames, 4 s 12, 10 s 30; cut to 48."""
+    counts = [len(framerate_frame_indices(30 * s, 30.0, 3, 48, 2, False)) for s in (1, 4, 10, 16, 17, 60)]
+    assert counts == [3, 12, 30, 48, 48, 48]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_framerate_training_offsets_stay_within_each_frames_share(framerate_videos, backend):
+    """Training moves each kept frame to a random one of the fps // R frames it stands for."""
+    path, count, fps = framerate_videos["30fps"]
+    evaluation = reference_framerate_indices(count, fps, 3, 4, 2)              # [0, 30, 60, 90]
+    reader = VideoReader(backend=backend, num_frames=4, image_size=32, framerate=3, slice_framepos=2)
+    seen = set()
+    for seed in range(8):
+        video, mask, indices = reader.read_with_indices(path, train=True, rng=random.Random(seed))
+        assert numbers_of(video, mask) == indices
+        assert all(start <= index < min(start + 10, count) for start, index in zip(evaluation, indices))
+        seen.add(tuple(indices))
+    assert len(seen) > 4
+    draws = {framerate_frame_indices(100, 30.0, 3, 64, 2, True, random.Random(seed))[-1] for seed in range(50)}
+    assert draws == set(range(90, 100)), "the last frame's share ends with the video"

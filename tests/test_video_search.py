@@ -213,7 +213,7 @@ def test_model_from_checkpoint_is_the_trained_model(run, tmp_path):
     assert all(torch.equal(from_file.state_dict()[k], b[k]) for k in b)
     moved = tmp_path / "moved.pt"
     clip_file.rename(moved)
-    with pytest.raises(FileNotFoundError, match="holds no CLIP weights .* pass --clip_weights PATH"):
+    with pytest.raises(FileNotFoundError, match="holds not all of CLIP.s weights .* pass --clip_weights PATH"):
         model_from_checkpoint(str(tmp_path / "on_file.pt"))
     model_from_checkpoint(str(tmp_path / "on_file.pt"), clip_weights=str(moved))
     torch.save(checkpoint["model"], tmp_path / "bare.pt")

@@ -30,6 +30,7 @@ Public API
     DistributedSampler (no shuffle, padded by repetition, so gather by `caption_index` /
     `video_index`), else None. `args.batch_size` is the global train batch.
 `make_reader(args) -> VideoReader` reads T frames of S px as the flags say (what every split uses).
+`clip_seconds(args)`: the length of the clips a model trained with these flags saw.
 `VideoReader`, `VideoReadError` from `video_reader.py`.
 """
 from __future__ import annotations
@@ -52,8 +53,8 @@ from .base import Annotations, RetrievalDataset, Tokenizer, layout_hint, video_f
 from .samplers import CloseCaptionSampler, EpochSampler
 from .video_reader import VideoReader, VideoReadError
 
-__all__ = ["CloseCaptionSampler", "EpochSampler", "build_dataset", "build_dataloader", "make_loader", "make_reader", "RetrievalDataset",
-           "VideoReader", "VideoReadError", "PARSERS"]
+__all__ = ["CloseCaptionSampler", "EpochSampler", "build_dataset", "build_dataloader", "clip_seconds", "make_loader",
+           "make_reader", "RetrievalDataset", "VideoReader", "VideoReadError", "PARSERS"]
 
 logger = logging.getLogger("dataloaders")
 SPLITS = ("train", "val", "test")
@@ -158,6 +159,15 @@ def make_reader(args: argparse.Namespace) -> VideoReader:
     return VideoReader(backend=args.video_backend, num_frames=TempMeConfig.from_flags(args).num_input_frames,
                        image_size=args.image_size, max_seconds=args.video_max_seconds,
                        framerate=args.feature_framerate, slice_framepos=args.slice_framepos)
+
+
+def clip_seconds(args: argparse.Namespace) -> float:
+    """Seconds of video in one training clip of a model trained with these flags: the synthetic
+    videos' length, else the dataset's typical clip length (its parser's `CLIP_SECONDS`), at most
+    `--video_max_seconds`."""
+    seconds = (args.synthetic_num_frames / synthetic.FPS if args.dataset == "synthetic"
+               else PARSERS[args.dataset].CLIP_SECONDS)
+    return min(seconds, args.video_max_seconds) if args.video_max_seconds else seconds
 
 
 def _keep_videos(annotations: Annotations, keep: list[int]) -> Annotations:

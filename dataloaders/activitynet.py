@@ -12,6 +12,9 @@ logger = logging.getLogger("dataloaders")
 # val_1 is the standard test; there is no held-out val: "val" is read only with --val_holdout 0.
 FILES = {"train": ("train_ids.json", "train.json"), "val": ("val_ids.json", "val_1.json"),
          "test": ("val_ids.json", "val_1.json")}
+# Seconds of video in a training clip (paragraph retrieval over whole ActivityNet videos, about 2 min):
+# the default window of video search.
+CLIP_SECONDS = 120.0
 LAYOUT = """\
   train_ids.json, val_ids.json   JSON lists of "v_<YouTubeID>"
   train.json, val_1.json         {"v_<id>": {"duration", "timestamps": [[s, e], ...], "sentences": [...]}}

@@ -12,6 +12,9 @@ from .msvd import read_id_list
 
 logger = logging.getLogger("dataloaders")
 
+# Seconds of video in a training clip (paragraph retrieval over whole DiDeMo videos, 25-30 s):
+# the default window of video search.
+CLIP_SECONDS = 30.0
 LAYOUT = """\
   train_list.txt, val_list.txt, test_list.txt   one video file name per line
   train_data.json, val_data.json, test_data.json

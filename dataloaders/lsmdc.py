@@ -10,6 +10,9 @@ from .base import Annotations, read_text, require_file
 
 FILES = {"train": "LSMDC16_annos_training.csv", "val": "LSMDC16_annos_val.csv",
          "test": "LSMDC16_challenge_1000_publictect.csv"}  # "publictect" is the real file name
+# Seconds of video in a training clip (LSMDC movie clips run 2-30 s, about 5 s on average):
+# the default window of video search.
+CLIP_SECONDS = 5.0
 LAYOUT = """\
   LSMDC16_annos_training.csv              tab-separated, no header: clip id, start/end aligned,
   LSMDC16_annos_val.csv                   start/end extracted, sentence

@@ -8,6 +8,9 @@ from modules.errors import UserError
 
 from .base import Annotations, field, group_captions, read_csv, read_json, require_file
 
+# Seconds of video in a training clip (MSR-VTT clips run 10-32 s, 15 s on average):
+# the default window of video search.
+CLIP_SECONDS = 15.0
 LAYOUT = """\
   MSRVTT_train.9k.csv        column video_id (or MSRVTT_train.7k.csv, see --msrvtt_train_csv)
   MSRVTT_data.json           {"sentences": [{"video_id", "caption", ...}, ...], ...} (--msrvtt_data_json)

@@ -8,6 +8,9 @@ from modules.errors import UserError
 
 from .base import Annotations, group_captions, read_text, require_file
 
+# Seconds of video in a training clip (MSVD clips run about 10 s on average):
+# the default window of video search.
+CLIP_SECONDS = 10.0
 LAYOUT = """\
   raw-captions.pkl   dict video id -> list of captions, each a list of tokens
   train_list.txt     one video id per line (also val_list.txt, test_list.txt)

@@ -17,6 +17,7 @@ of 2-3 (noise bursts and cuts to another scene, never on an event frame): frames
 the event that no caption mentions, as cuts and flashes in real video. Within a split every
 caption is unique. Concurrent processes (torchrun ranks) each build in a private temporary
 folder and `os.rename` it into place; a process that loses the race reuses the winner's folder.
+`write_long_video` puts clips one after another into one long video whose parts are known.
 """
 from __future__ import annotations
 
@@ -290,6 +291,22 @@ def write_mp4(path: str, frames: np.ndarray, fps: float = FPS, seconds: list[flo
                 picture.pts, picture.time_base = round(seconds[index] * 1000), fractions.Fraction(1, 1000)
             container.mux(stream.encode(picture))
         container.mux(stream.encode())
+
+
+def write_long_video(path: str, clips: list[str], fps: int = FPS) -> list[tuple[float, float]]:
+    """Write the video files `clips` (one frame size) one after another as one H.264 mp4 at `fps`
+    (`write_mp4`): a long video whose parts are known. Returns each clip's (start, end) seconds in it."""
+    import av
+
+    frames: list[np.ndarray] = []
+    spans = []
+    for clip in clips:
+        with av.open(clip) as container:
+            decoded = [frame.to_ndarray(format="rgb24") for frame in container.decode(container.streams.video[0])]
+        spans.append((len(frames) / fps, (len(frames) + len(decoded)) / fps))
+        frames += decoded
+    write_mp4(path, np.stack(frames), fps)
+    return spans
 
 
 def _generate(folder: str, params: dict) -> None:

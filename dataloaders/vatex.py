@@ -9,6 +9,9 @@ from .base import Annotations, field, group_captions, read_json, require_file
 from .msvd import read_id_list
 
 OFFICIAL = ("vatex_training_v1.0.json", "vatex_validation_v1.0.json")
+# Seconds of video in a training clip (VATEX clips are 10 s):
+# the default window of video search.
+CLIP_SECONDS = 10.0
 LAYOUT = """\
   train_list.txt, val_list.txt, test_list.txt   one clip id per line (<YouTubeID>_<start>_<end>)
   and either

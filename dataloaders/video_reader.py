@@ -2,9 +2,15 @@
 
 `VideoReader.read(path, train=...)` returns uint8 frames `[T, 3, S, S]` and a mask `[T]`
 (1 = real frame). Which frames: T spread over the whole video (`sample_frame_indices`), or with a
-frame rate the frames CLIP4Clip's extractor takes (`framerate_frame_indices`). Only the sampled frames are converted to RGB; the resize (short side to S,
-bicubic, antialiased) and the centre crop run on uint8. Normalisation is left to the model
-(`modules.clip.normalize_video`, on the accelerator): uint8 is 4x less host work and host-to-device transfer.
+frame rate the frames CLIP4Clip's extractor takes (`framerate_frame_indices`). Only the sampled
+frames are converted to RGB; the resize (short side to S, bicubic, antialiased) and the centre crop
+run on uint8. Normalisation is left to the model (`modules.clip.normalize_video`, on the
+accelerator): uint8 is 4x less host work and host-to-device transfer.
+
+`VideoReader.read_windows(path, segment, stride)` reads a long video as overlapping windows
+(`plan_windows`), each sampled as `read` samples a whole clip, in one sequential pass of the
+decoder (PyAV) over the file: no seek per window, and only the frames of the windows still open
+are held. `read_frames(path, indices)` reads given frames (the search page).
 
 Decoder objects are created per call, inside whichever process reads (a DataLoader worker):
 decord's reader must never be created in the parent before the workers fork (it deadlocks),
@@ -14,7 +20,8 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -23,7 +30,8 @@ import torch.nn.functional as F
 BACKENDS = ("decord", "pyav")
 # (sampled frame indices, usable frames of the file) -> the frame indices to decode instead.
 FrameChoice = Callable[[list[int], int], list[int]]
-
+# (frames in the file, frames per second) -> the frame indices to decode.
+_Pick = Callable[[int, float], list[int]]
 
 class VideoReadError(RuntimeError):
     """A video file exists but cannot be used; `reason` is a short human-readable cause."""
@@ -83,6 +91,21 @@ def framerate_frame_indices(num_video_frames: int, fps: float, framerate: int, n
     return indices
 
 
+def plan_windows(num_frames: int, fps: float, segment: float, stride: float) -> list[tuple[int, int]]:
+    """Frame ranges `[start, end)` of the windows of a video of `num_frames` frames at `fps`:
+    `segment` seconds long, one every `stride` seconds, plus a last one ending at the last frame
+    when the stride leaves a tail, so every window is a full segment. A video no longer than a
+    segment, or `segment` 0, is one window of all its frames."""
+    length = round(segment * fps)
+    if segment <= 0 or fps <= 0 or num_frames <= length:
+        return [(0, num_frames)]
+    step = max(1, round(stride * fps))
+    starts = list(range(0, num_frames - length + 1, step))
+    if starts[-1] + length < num_frames:
+        starts.append(num_frames - length)
+    return [(start, start + length) for start in starts]
+
+
 def resize_center_crop(frames: torch.Tensor, size: int) -> torch.Tensor:
     """uint8 `[T, 3, H, W]` -> uint8 `[T, 3, size, size]`: short side to `size` (bicubic, antialiased), centre crop."""
     height, width = frames.shape[-2:]
@@ -94,6 +117,20 @@ def resize_center_crop(frames: torch.Tensor, size: int) -> torch.Tensor:
         height, width = new_size
     top, left = (height - size) // 2, (width - size) // 2
     return frames[..., top:top + size, left:left + size]
+
+
+@dataclass
+class Window:
+    """One window of a video as `read_windows` gives it: its `number` in the file's plan, its frame
+    range [`start`, `end`) at `fps` frames per second, uint8 `video [T, 3, S, S]`, `mask [T]` and the
+    source index of each real frame (`indices`, as `read_with_indices`)."""
+    number: int
+    start: int
+    end: int
+    fps: float
+    video: torch.Tensor
+    mask: torch.Tensor
+    indices: list[int]
 
 
 class VideoReader:
@@ -137,66 +174,173 @@ class VideoReader:
     def read_with_indices(self, path: str, *, train: bool, rng: random.Random | None = None,
                           choose: FrameChoice | None = None) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         """`read` plus the source index (in the file's frame order) of each real output frame."""
-        if os.path.getsize(path) == 0:
-            raise VideoReadError(path, "empty file (0 bytes)")
+        def pick(total: int, fps: float) -> list[int]:
+            usable = self._usable_frames(total, fps)
+            indices = self._sample(usable, fps, train, rng)
+            return choose(indices, usable) if choose is not None else indices
+
+        frames, indices = self._decode(path, pick)
+        video, mask = self._padded(resize_center_crop(torch.from_numpy(frames).permute(0, 3, 1, 2), self.image_size))
+        return video, mask, indices
+
+    def read_frames(self, path: str, indices: list[int]) -> tuple[torch.Tensor, list[int]]:
+        """The frames `indices` (ascending) of `path`, resized and cropped as `read` does: uint8
+        `[t, 3, S, S]` and the index of each (an index past the file's end gives its last frame)."""
+        frames, used = self._decode(path, lambda total, fps: [min(i, max(total - 1, 0)) for i in indices])
+        return resize_center_crop(torch.from_numpy(frames).permute(0, 3, 1, 2), self.image_size), used
+
+    def length(self, path: str) -> tuple[int, float]:
+        """(frames `read` samples from, frames per second) of `path`, from its container's header."""
+        import av
+
         try:
-            decode = self._read_decord if self.backend == "decord" else self._read_pyav
-            frames, indices = decode(path, train, rng, choose)
+            with av.open(path) as container:
+                stream = container.streams.video[0]
+                total, fps = self._pyav_length(path, container, stream)
         except VideoReadError:
             raise
-        except Exception as exc:  # decoders raise many types (DECORDError, av.FFmpegError, ...)
-            reason = f"{type(exc).__name__}: {str(exc).strip()[-300:]}"
-            if self.backend != "decord":
-                raise VideoReadError(path, f"cannot decode ({reason})") from exc
-            # decord rejects some valid files (e.g. certain small frame sizes): PyAV gets a second try.
-            try:
-                frames, indices = self._read_pyav(path, train, rng, choose)
-            except Exception as second:
-                raise VideoReadError(path, f"cannot decode (decord {reason}; pyav {type(second).__name__}: "
-                                           f"{str(second).strip()[-300:]})") from second
-        frames = resize_center_crop(torch.from_numpy(frames).permute(0, 3, 1, 2), self.image_size)
+        except Exception as exc:  # av.FFmpegError, IndexError (no video stream), ...
+            raise VideoReadError(path, f"cannot decode ({_reason(exc)})") from exc
+        return self._usable_frames(total, fps), fps
+
+    def read_windows(self, path: str, segment: float, stride: float, first: int = 0) -> Iterator[Window]:
+        """The windows `plan_windows(frames, fps, segment, stride)` of `path` from number `first` on,
+        each sampled as `read` samples a clip (segment centres, `train=False`), in one sequential
+        decode of the file with PyAV (`segment` 0: one window over the first `max_seconds`).
+
+        A window is yielded as soon as its last frame is decoded. A container that over-reports its
+        length gives windows up to its real end, the missing frames repeating the last decoded one.
+        Raises `VideoReadError` for empty, undecodable or frameless files (possibly after windows).
+        """
+        if os.path.getsize(path) == 0:
+            raise VideoReadError(path, "empty file (0 bytes)")
+        import av
+
+        try:
+            with av.open(path) as container:
+                stream = container.streams.video[0]
+                total, fps = self._pyav_length(path, container, stream)
+                if fps <= 0:
+                    raise VideoReadError(path, "no frame rate: its windows cannot be placed in time")
+                if segment <= 0:
+                    total = self._usable_frames(total, fps)
+                windows = plan_windows(total, fps, segment, stride)
+                yield from self._stream_windows(path, container.decode(stream), windows, first, fps)
+        except VideoReadError:
+            raise
+        except Exception as exc:  # decoders raise many types (av.FFmpegError, ...)
+            raise VideoReadError(path, f"cannot decode ({_reason(exc)})") from exc
+
+    def _stream_windows(self, path: str, frames: Iterator[Any], windows: list[tuple[int, int]], first: int,
+                        fps: float) -> Iterator[Window]:
+        """Windows `first`.. of `windows` from the decoded `frames` (in file order)."""
+        samples = [[start + i for i in self._sample(end - start, fps, False, None)] for start, end in windows]
+        users: dict[int, int] = {}   # frame index -> windows not yet yielded that sample it
+        for wanted in samples[first:]:
+            for index in wanted:
+                users[index] = users.get(index, 0) + 1
+        held: dict[int, torch.Tensor] = {}
+        number = first
+        for index, frame in enumerate(frames):
+            if index in users:
+                rgb = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)[None]
+                held[index] = resize_center_crop(rgb, self.image_size)[0]
+            while number < len(windows) and samples[number][-1] <= index:
+                yield self._window(number, windows[number], samples[number], fps, held, users)
+                number += 1
+            if number == len(windows):
+                return
+        # The container over-reported its length: the windows with some of their frames decoded,
+        # the missing ones repeating the last frame held before them.
+        while number < len(windows) and any(i in held for i in samples[number]):
+            yield self._window(number, windows[number], samples[number], fps, held, users)
+            number += 1
+        if number == first:
+            raise VideoReadError(path, "no decodable frames")
+
+    def _window(self, number: int, span: tuple[int, int], wanted: list[int], fps: float,
+                held: dict[int, torch.Tensor], users: dict[int, int]) -> Window:
+        """Window `number` from the `held` frames, then releases the frames no later window samples."""
+        used, previous = [], min(held)
+        for index in wanted:
+            previous = index if index in held else max((i for i in held if i < index), default=previous)
+            used.append(previous)
+        video, mask = self._padded(torch.stack([held[i] for i in used]))
+        for index in wanted:
+            users[index] -= 1
+            if not users[index]:
+                held.pop(index, None)
+        return Window(number, span[0], span[1], fps, video, mask, used)
+
+    def _padded(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 `[t, 3, S, S]` -> (uint8 `[T, 3, S, S]` zero after the t real frames, mask long `[T]`)."""
         n = frames.shape[0]
         video = torch.zeros(self.num_frames, 3, self.image_size, self.image_size, dtype=torch.uint8)
         video[:n] = frames
         mask = torch.zeros(self.num_frames, dtype=torch.long)
         mask[:n] = 1
-        return video, mask, indices
+        return video, mask
 
-    def _frame_indices(self, path: str, total: int, fps: float, train: bool, rng: random.Random | None,
-                       choose: FrameChoice | None) -> list[int]:
-        """The frames to decode of a file of `total` frames at `fps` (see `read`)."""
-        if total <= 0:
-            raise VideoReadError(path, "no video frames")
+    def _decode(self, path: str, pick: _Pick) -> tuple[np.ndarray, list[int]]:
+        """RGB frames `[t, H, W, 3]` of the indices `pick(frames in the file, fps)` gives, and the
+        index of each; decord with PyAV as a second try, or PyAV alone."""
+        if os.path.getsize(path) == 0:
+            raise VideoReadError(path, "empty file (0 bytes)")
+        try:
+            return (self._read_decord if self.backend == "decord" else self._read_pyav)(path, pick)
+        except VideoReadError:
+            raise
+        except Exception as exc:  # decoders raise many types (DECORDError, av.FFmpegError, ...)
+            if self.backend != "decord":
+                raise VideoReadError(path, f"cannot decode ({_reason(exc)})") from exc
+            # decord rejects some valid files (e.g. certain small frame sizes): PyAV gets a second try.
+            try:
+                return self._read_pyav(path, pick)
+            except Exception as second:
+                raise VideoReadError(path, f"cannot decode (decord {_reason(exc)}; pyav {_reason(second)})") \
+                    from second
+
+    def _usable_frames(self, total: int, fps: float) -> int:
+        """Frames of a file of `total` frames at `fps` that sampling may pick (`max_seconds`)."""
         if self.max_seconds is not None and fps > 0:
             total = min(total, max(1, int(self.max_seconds * fps)))
-        if self.framerate is None:
-            indices = sample_frame_indices(total, self.num_frames, train, rng)
-        else:
-            indices = framerate_frame_indices(total, fps, self.framerate, self.num_frames, self.slice_framepos,
-                                              train, rng)
-        return choose(indices, total) if choose is not None else indices
+        return total
 
-    def _read_decord(self, path: str, train: bool, rng: random.Random | None,
-                     choose: FrameChoice | None) -> tuple[np.ndarray, list[int]]:
+    def _sample(self, total: int, fps: float, train: bool, rng: random.Random | None) -> list[int]:
+        """The frames sampled from a clip of `total` frames at `fps` (see `read`)."""
+        if self.framerate is None:
+            return sample_frame_indices(total, self.num_frames, train, rng)
+        return framerate_frame_indices(total, fps, self.framerate, self.num_frames, self.slice_framepos, train, rng)
+
+    def _read_decord(self, path: str, pick: _Pick) -> tuple[np.ndarray, list[int]]:
         import decord  # lazy: see the module docstring
 
         reader = decord.VideoReader(path, num_threads=1)
-        indices = self._frame_indices(path, len(reader), reader.get_avg_fps(), train, rng, choose)
+        if len(reader) <= 0:
+            raise VideoReadError(path, "no video frames")
+        indices = pick(len(reader), reader.get_avg_fps())
         return reader.get_batch(indices).asnumpy(), indices  # [t, H, W, 3]
 
-    def _read_pyav(self, path: str, train: bool, rng: random.Random | None,
-                   choose: FrameChoice | None) -> tuple[np.ndarray, list[int]]:
+    def _pyav_length(self, path: str, container: Any, stream: Any) -> tuple[int, float]:
+        """(frames, fps) of a PyAV stream; raises `VideoReadError` for a stream without frames."""
+        import av
+
+        fps = float(stream.average_rate or stream.guessed_rate or 0)
+        total = stream.frames
+        if total <= 0 and fps > 0:  # some containers (webm) omit the count: estimate it
+            seconds = (float(stream.duration * stream.time_base) if stream.duration
+                       else (container.duration or 0) / av.time_base)
+            total = int(seconds * fps)
+        if total <= 0:
+            raise VideoReadError(path, "no video frames")
+        return total, fps
+
+    def _read_pyav(self, path: str, pick: _Pick) -> tuple[np.ndarray, list[int]]:
         import av
 
         with av.open(path) as container:
             stream = container.streams.video[0]
-            fps = float(stream.average_rate or stream.guessed_rate or 0)
-            total = stream.frames
-            if total <= 0 and fps > 0:  # some containers (webm) omit the count: estimate it
-                seconds = (float(stream.duration * stream.time_base) if stream.duration
-                           else (container.duration or 0) / av.time_base)
-                total = int(seconds * fps)
-            indices = self._frame_indices(path, total, fps, train, rng, choose)
+            indices = pick(*self._pyav_length(path, container, stream))
             wanted = set(indices)
             decoded: dict[int, np.ndarray] = {}
             for i, frame in enumerate(container.decode(stream)):
@@ -212,3 +356,8 @@ class VideoReader:
             previous = index if index in decoded else previous
             used.append(previous)
         return np.stack([decoded[i] for i in used]), used
+
+
+def _reason(exc: BaseException) -> str:
+    """A decoder exception as a short reason: its type and the end of its message."""
+    return f"{type(exc).__name__}: {str(exc).strip()[-300:]}"

@@ -1,59 +1,46 @@
-"""Index a folder of videos with a trained model: embeddings + manifest, updated incrementally.
+"""Index a folder of videos with a trained model: overlapping windows of every file, encoded as
+evaluation encodes clips, kept in an append-only store (`search.store`) updated incrementally.
 
-Layout of an index folder OUT:
+Windows: `segment` seconds every `stride` seconds (`dataloaders.video_reader.plan_windows`; a file
+no longer than a segment is one window; `segment` 0: one window per file, frames spread over the
+whole file as evaluation reads a clip). By default the segment is the length of the clips the
+checkpoint was trained on (`dataloaders.clip_seconds`) and the stride half of it; an index keeps the
+windows it was created with.
 
-    OUT/manifest.json          what is indexed, with which model (below)
-    OUT/embeddings-<id>.npy    float32 [N_ok, D], L2-normalised; row i belongs to the entry with "row": i
-
-manifest.json:
-
-    {"version": 1, "videos_dir": absolute path, "embeddings": "embeddings-<id>.npy", "dim": D,
-     "frames_per_video": T_in (frames read per video),
-     "model": {"checkpoint": absolute path, "sha256": hex, "clip_weights": path or null, "args": {...}},
-     "videos": [{"path": relative to videos_dir, "size": bytes, "mtime_ns": int, "status": "ok", "row": i,
-                 "frames_read": [source frame indices], "frames_kept": [the ones that reached CLIP]},
-                {"path": ..., "size": ..., "mtime_ns": ..., "status": "failed", "reason": "..."}, ...]}
-
-Every video is encoded as evaluation encodes it (`modules/evaluate.py`): the run's reader
-(`dataloaders.make_reader`: segment centres, `--image_size`), `model.encode_video` under the
-run's autocast. A re-run encodes only files that are new or whose size or modification time
-changed, drops deleted files, and keeps failed files listed (never searched) until they change.
-
-Commit protocol: the embeddings are written under a new name, then manifest.json is replaced
-atomically (temporary file + `os.replace`) to point at them, then older embeddings files go.
-A run killed at any moment leaves a consistent index; a long run commits every
-`COMMIT_SECONDS`, so a killed run keeps most of its work.
+A run takes the folder's lock, compares the folder with the manifest (new, changed by size or
+modification time, deleted files), and encodes what is missing: new and changed files from their
+first window, files a killed run left partial from their next window. It commits every
+`commit_seconds` and at the end, so a run killed at any moment loses at most the windows encoded
+since its last commit. A file is recorded with the size and modification time it had before it was
+read, so one that changes while it is encoded is encoded again by the next run. A file that cannot
+be decoded is logged, listed as failed with the reason, never searched, and retried once it changes.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time
-import uuid
 from argparse import Namespace
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from dataloaders import make_loader, make_reader
+from dataloaders import clip_seconds, make_reader
 from dataloaders.base import VIDEO_EXTENSIONS
-from dataloaders.video_reader import VideoReader, VideoReadError
 from engine.distributed import resolve_device
 from engine.factory import model_from_checkpoint
-from engine.precision import autocast, resolve_precision
 from modules.clip4clip import CLIP4Clip
+from search import ann, legacy
+from search.encode import Encoded, Job, encode_windows
+from search.lock import index_lock
+from search.moments import clock
+from search.store import VERSION, FileEntry, FileProgress, IndexStore, NewWindow
 
 log = logging.getLogger("video_search")
 
-MANIFEST = "manifest.json"
-VERSION = 1
-COMMIT_SECONDS = 300.0
+COMMIT_SECONDS = 60.0
 
 
 def sha256_of(path: str) -> str:
@@ -82,190 +69,182 @@ def find_videos(videos_dir: str) -> dict[str, tuple[int, int]]:
     return dict(sorted(found.items()))
 
 
-def load_index(index_dir: str) -> tuple[dict[str, Any], np.ndarray]:
-    """(manifest, embeddings float32 `[N_ok, D]`, memory-mapped) of an index folder."""
-    path = os.path.join(index_dir, MANIFEST)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--index {index_dir} holds no {MANIFEST}: build it with "
-                                f"`python scripts/video_search.py index --checkpoint RUN/best.pt --videos DIR "
-                                f"--index {index_dir}`")
-    with open(path) as f:
-        manifest = json.load(f)
-    if manifest.get("version") != VERSION:
-        raise ValueError(f"--index {index_dir} has manifest version {manifest.get('version')}, this code reads "
-                         f"version {VERSION}: index into a new folder")
-    return manifest, np.load(os.path.join(index_dir, manifest["embeddings"]), mmap_mode="r")
+def open_index(index_dir: str) -> IndexStore:
+    """The store of an existing index folder, for reading; an index of the earlier JSON format is
+    migrated first (`search.legacy`)."""
+    if legacy.needs_migration(index_dir):
+        with index_lock(index_dir):
+            legacy.migrate(index_dir)
+    return IndexStore.open(index_dir)
 
 
-def _write_atomic(path: str, write: Any) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, path)
+def _own_windows(meta: dict[str, Any], segment: float | None, stride: float | None,
+                 index_dir: str) -> tuple[float, float]:
+    """The (segment, stride) of an existing index; refuses flags asking for other windows."""
+    own = (meta["segment"], meta["stride"])
+    if segment is None and stride is None:
+        return own
+    asked = (own[0] if segment is None else segment,
+             stride if stride is not None else own[1] if segment is None else segment / 2)
+    if asked != own:
+        raise ValueError(f"--index {index_dir} holds windows of --segment {own[0]:g} --stride {own[1]:g}, not "
+                         f"--segment {asked[0]:g} --stride {asked[1]:g}: leave both out to update it, or pass a "
+                         f"new --index folder")
+    return own
 
 
-def _commit(index_dir: str, header: dict[str, Any], entries: dict[str, dict[str, Any]],
-            rows: dict[str, np.ndarray]) -> None:
-    """Write the index: `entries` by path, `rows` (path -> embedding `[D]`) for the ok ones."""
-    videos, matrix = [], []
-    for path in sorted(entries):
-        entry = dict(entries[path])
-        if entry["status"] == "ok":
-            entry["row"] = len(matrix)
-            matrix.append(rows[path])
-        videos.append(entry)
-    embeddings = np.stack(matrix).astype(np.float32) if matrix else np.zeros((0, header["dim"]), np.float32)
-    name = f"embeddings-{uuid.uuid4().hex[:12]}.npy"
-    _write_atomic(os.path.join(index_dir, name), lambda f: np.save(f, embeddings))
-    # Readable and diff-able: the header indented, then one line per video.
-    head = json.dumps({**header, "embeddings": name}, indent=1).removesuffix("\n}")
-    lines = ",\n".join(f"  {json.dumps(video)}" for video in videos)
-    text = f'{head},\n "videos": [\n{lines}\n ]\n}}\n'
-    _write_atomic(os.path.join(index_dir, MANIFEST), lambda f: f.write(text.encode()))
-    for old in os.listdir(index_dir):
-        if old.startswith("embeddings-") and old.endswith(".npy") and old != name:
-            os.remove(os.path.join(index_dir, old))
+def _new_windows(args: Any, segment: float | None, stride: float | None) -> tuple[float, float]:
+    """(segment, stride) in seconds of a new index: the flags', else the clip length the
+    checkpoint was trained on and half of it."""
+    segment = clip_seconds(args) if segment is None else segment
+    if segment < 0:
+        raise ValueError(f"--segment must be >= 0 seconds (0: one window per file), got {segment:g}")
+    if segment == 0:
+        return 0.0, 0.0
+    stride = segment / 2 if stride is None else stride
+    if not 0 < stride <= segment:
+        raise ValueError(f"--stride must be in (0, --segment {segment:g}] seconds, got {stride:g}")
+    return segment, stride
 
 
-class VideoFiles(Dataset):
-    """Video files read as evaluation reads them. Items: `video` uint8 `[T, 3, S, S]`, `video_mask`
-    `[T]`, `frame_indices` long `[T]` (source frame of each, -1 after the last real one),
-    `position` (index into `paths`), `reason` ("" when read, else why the file cannot be used)."""
-
-    def __init__(self, root: str, paths: list[str], reader: VideoReader):
-        self.root, self.paths, self.reader = root, paths, reader
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, position: int) -> dict[str, Any]:
-        frames, size = self.reader.num_frames, self.reader.image_size
-        indices = torch.full((frames,), -1, dtype=torch.long)
-        try:
-            video, mask, read = self.reader.read_with_indices(os.path.join(self.root, self.paths[position]),
-                                                              train=False)
-            indices[:len(read)] = torch.as_tensor(read)
-            reason = ""
-        except (VideoReadError, OSError) as exc:
-            video = torch.zeros(frames, 3, size, size, dtype=torch.uint8)
-            mask = torch.zeros(frames, dtype=torch.long)
-            reason = exc.reason if isinstance(exc, VideoReadError) else str(exc)
-        return {"video": video, "video_mask": mask, "frame_indices": indices, "position": position, "reason": reason}
-
-
-def _encode_batch(model: CLIP4Clip, video: torch.Tensor, mask: torch.Tensor, device: torch.device,
-                  precision: str) -> tuple[np.ndarray, torch.Tensor]:
-    """uint8 `[B, T, 3, S, S]`, mask `[B, T]` -> (L2-normalised float32 embeddings `[B, D]`, positions
-    among the T frames read of the frames that reached CLIP `[B, T']`, -1 = padding)."""
-    video, mask = video.to(device), mask.to(device)
-    with autocast(precision, device):
-        emb, _, info = model.encode_video(video, mask)
-    positions = (info["indices"] if info is not None  # TempMe's choice, else every real frame
-                 else torch.where(mask > 0, torch.arange(mask.shape[1], device=device), -1))
-    return F.normalize(emb.float(), dim=-1).cpu().numpy(), positions.cpu()
-
-
-@torch.no_grad()
-def encode_files(model: CLIP4Clip, args: Namespace, videos_dir: str, paths: list[str], device: torch.device,
-                 batch_size: int, num_workers: int, progress: bool = True
-                 ) -> Iterator[tuple[str, dict[str, Any], np.ndarray | None]]:
-    """Encode `paths` (relative to `videos_dir`) as evaluation does; yields (path, entry fields,
-    L2-normalised float32 embedding `[D]` or None for a file that cannot be read) in order."""
-    model.eval()
-    precision = resolve_precision(args.precision, device)
-    dataset = VideoFiles(videos_dir, paths, make_reader(args))
-    loader, _ = make_loader(dataset, Namespace(**{**vars(args), "batch_size_val": batch_size,
-                                                  "num_workers": num_workers}), train=False)
-    with tqdm(total=len(paths), desc="index", unit="video", disable=not progress, dynamic_ncols=True) as bar:
-        for batch in loader:
-            ok = [i for i, reason in enumerate(batch["reason"]) if not reason]
-            encoded = {}
-            if ok:
-                emb, positions = _encode_batch(model, batch["video"][ok], batch["video_mask"][ok], device, precision)
-                encoded = dict(zip(ok, zip(emb, positions)))
-            for i, position in enumerate(batch["position"].tolist()):
-                path, reason = paths[position], batch["reason"][i]
-                if i not in encoded:
-                    log.warning("cannot read %s: %s (listed as failed in the manifest)", path, reason)
-                    yield path, {"status": "failed", "reason": reason}, None
-                    continue
-                embedding, chosen = encoded[i]
-                read = batch["frame_indices"][i]
-                yield path, {"status": "ok", "frames_read": read[read >= 0].tolist(),
-                             "frames_kept": sorted(read[chosen[chosen >= 0]].tolist())}, embedding
-            bar.update(len(batch["reason"]))
-
-
-def _previous(index_dir: str, identity: dict[str, Any], videos_dir: str) -> tuple[dict[str, Any] | None, Any]:
-    """The existing index of `index_dir` (manifest, embeddings), or (None, None); refuses one made
-    with another checkpoint or over another folder."""
-    if not os.path.isfile(os.path.join(index_dir, MANIFEST)):
-        return None, None
-    manifest, embeddings = load_index(index_dir)
-    if manifest["model"]["sha256"] != identity["sha256"]:
-        raise ValueError(f"--index {index_dir} was built with checkpoint {manifest['model']['checkpoint']} "
-                         f"(sha256 {manifest['model']['sha256'][:12]}), not {identity['checkpoint']} (sha256 "
-                         f"{identity['sha256'][:12]}): pass a new --index folder, or delete {index_dir} to rebuild it")
-    if manifest["videos_dir"] != videos_dir:
-        raise ValueError(f"--index {index_dir} indexes {manifest['videos_dir']}, not {videos_dir}: pass a new "
+def _refuse_other_index(store: IndexStore, identity: dict[str, Any], videos_dir: str, index_dir: str) -> None:
+    """An index holds one checkpoint's embeddings of one folder."""
+    model = store.meta.get("model")
+    if model and model["sha256"] != identity["sha256"]:
+        raise ValueError(f"--index {index_dir} was built with checkpoint {model['checkpoint']} (sha256 "
+                         f"{model['sha256'][:12]}), not {identity['checkpoint']} (sha256 {identity['sha256'][:12]}): "
+                         f"its embeddings do not mix; start a new index with another --index folder (or delete "
+                         f"{index_dir} to rebuild it)")
+    if store.meta.get("videos_dir", videos_dir) != videos_dir:
+        raise ValueError(f"--index {index_dir} indexes {store.meta['videos_dir']}, not {videos_dir}: pass a new "
                          f"--index folder for another --videos folder")
-    return manifest, embeddings
 
 
-def build_index(checkpoint: str, videos_dir: str, index_dir: str, *, device: str = "auto",
-                batch_size: int | None = None, num_workers: int | None = None, clip_weights: str | None = None,
-                progress: bool = True) -> dict[str, Any]:
+def _plan(store: IndexStore, found: dict[str, tuple[int, int]]) -> tuple[list[FileEntry], list[str], int]:
+    """Bring the manifest in line with the folder (one transaction); returns the files to encode
+    (partial ones, from their next window), the paths dropped, and the count of files reused."""
+    known = store.files()
+    deleted = [entry for path, entry in known.items() if path not in found]
+    changed = {entry.id: found[path] for path, entry in known.items()
+               if path in found and (entry.size, entry.mtime_ns) != found[path]}
+    store.update_files({path: stat for path, stat in found.items() if path not in known}, changed,
+                       [entry.id for entry in deleted])
+    entries = store.files()
+    reused = sum(entry.status != "partial" for entry in entries.values())
+    return [entry for entry in entries.values() if entry.status == "partial"], [e.path for e in deleted], reused
+
+
+class _Pending:
+    """Windows encoded since the last commit, and the progress of their files."""
+
+    def __init__(self, files: list[FileEntry]):
+        self.done = {entry.id: entry.windows_done for entry in files}   # file id -> windows indexed so far
+        self.windows: list[NewWindow] = []
+        self.embeddings: list[np.ndarray] = []
+        self.progress: dict[int, FileProgress] = {}
+
+    def add(self, file_id: int, item: Encoded) -> None:
+        if item.number >= 0:
+            self.windows.append(NewWindow(file_id, item.number, item.start_frame, item.end_frame, item.frames_read,
+                                          item.frames_kept))
+            self.embeddings.append(item.embedding)
+            self.done[file_id] = item.number + 1
+        if item.reason:
+            self.progress[file_id] = FileProgress(0, "failed", reason=item.reason)
+        else:
+            self.progress[file_id] = FileProgress(self.done[file_id], "ok" if item.last else "partial",
+                                                  item.fps if item.number >= 0 else None)
+
+    def commit(self, store: IndexStore) -> int:
+        """Write what is pending; returns the windows written."""
+        failed = {i for i, p in self.progress.items() if p.status == "failed"}
+        keep = [i for i, w in enumerate(self.windows) if w.file_id not in failed]
+        embeddings = (np.stack([self.embeddings[i] for i in keep]) if keep
+                      else np.zeros((0, store.meta["dim"]), np.float32))
+        store.commit([self.windows[i] for i in keep], embeddings, self.progress)
+        self.windows, self.embeddings, self.progress = [], [], {}
+        return len(keep)
+
+
+def build_index(checkpoint: str, videos_dir: str, index_dir: str, *, segment: float | None = None,
+                stride: float | None = None, device: str = "auto", batch_size: int | None = None,
+                num_workers: int | None = None, clip_weights: str | None = None,
+                commit_seconds: float = COMMIT_SECONDS, progress: bool = True) -> dict[str, Any]:
     """Create or update the index of `videos_dir` in `index_dir` with the model of `checkpoint`.
 
-    `batch_size` / `num_workers` default to the run's `--batch_size_val` / `--num_workers`. The model
-    is only built when some file needs encoding. Returns {"videos", "ok", "failed", "encoded" (paths
-    encoded by this call), "reused", "dropped" (paths), "seconds", "videos_per_s"}.
+    `segment` / `stride` (seconds) default as the module docstring says; `batch_size` (windows) and
+    `num_workers` to the run's `--batch_size_val` / `--num_workers`. The model is only built when
+    something needs encoding. Returns `IndexStore.counts()` and {"encoded" (paths finished by this
+    call), "windows_encoded", "reused" (files), "dropped" (paths), "seconds", "video_seconds" (of
+    video covered by the windows encoded), "segment", "stride", "ann" (`search.ann.update`)}.
     """
     videos_dir = os.path.abspath(videos_dir)
     if not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"--checkpoint {checkpoint} does not exist")
     identity = {"checkpoint": os.path.abspath(checkpoint), "sha256": sha256_of(checkpoint),
                 "clip_weights": os.path.abspath(clip_weights) if clip_weights else None}
-    previous, old_embeddings = _previous(index_dir, identity, videos_dir)
-    found = find_videos(videos_dir)
-    entries: dict[str, dict[str, Any]] = {}
-    rows: dict[str, np.ndarray] = {}
-    for entry in previous["videos"] if previous else []:
-        if found.get(entry["path"]) == (entry["size"], entry["mtime_ns"]):
-            entries[entry["path"]] = entry
-            if entry["status"] == "ok":
-                rows[entry["path"]] = np.array(old_embeddings[entry["row"]])
-    todo = [path for path in found if path not in entries]
-    dropped = sorted({e["path"] for e in previous["videos"]} - set(found)) if previous else []
-    reused = len(entries)
-    # The index's header: kept from the previous manifest (the checkpoint may have moved), or new.
-    header = {k: v for k, v in (previous or {}).items() if k not in ("videos", "embeddings")}
-    if previous:
-        header["model"] = {**previous["model"], **identity}
+    with index_lock(index_dir):
+        if legacy.needs_migration(index_dir):
+            legacy.migrate(index_dir)
+        store = IndexStore.open(index_dir, create=True)
+        try:
+            for orphan in store.remove_orphans():
+                log.info("removed %s, written by a run killed before it committed", orphan)
+            _refuse_other_index(store, identity, videos_dir, index_dir)
+            found = find_videos(videos_dir)
+            model = None
+            if "model" in store.meta:
+                segment, stride = _own_windows(store.meta, segment, stride, index_dir)
+                store.set_meta(model={**store.meta["model"], **identity})   # the checkpoint may have moved
+            else:
+                model, args = model_from_checkpoint(checkpoint, clip_weights)
+                segment, stride = _new_windows(args, segment, stride)
+                store.set_meta(version=VERSION, videos_dir=videos_dir, dim=int(model.clip.text_projection.shape[1]),
+                               frames_per_window=make_reader(args).num_frames, segment=segment, stride=stride,
+                               model={**identity, "args": vars(args)})
+            todo, dropped, reused = _plan(store, found)
+            summary = {"encoded": [], "windows_encoded": 0, "seconds": 0.0, "video_seconds": 0.0}
+            if todo:
+                if model is None:
+                    model, args = model_from_checkpoint(checkpoint, clip_weights)
+                summary = _encode(store, model, args, videos_dir, todo, device, batch_size, num_workers,
+                                  commit_seconds, progress)
+            summary["ann"] = ann.update(store, progress)
+            return {**store.counts(), **summary, "reused": reused, "dropped": dropped, "segment": segment,
+                    "stride": stride}
+        finally:
+            store.close()
 
-    seconds = 0.0
-    if todo or previous is None:
-        model, args = model_from_checkpoint(checkpoint, clip_weights)
-        resolved = resolve_device(device)
-        model.to(resolved)
-        header = {"version": VERSION, "videos_dir": videos_dir, "dim": int(model.clip.text_projection.shape[1]),
-                  "frames_per_video": make_reader(args).num_frames, "model": {**identity, "args": vars(args)}}
-        os.makedirs(index_dir, exist_ok=True)
-        start = last_commit = time.perf_counter()
-        for path, fields, embedding in encode_files(model, args, videos_dir, todo, resolved,
-                                                    batch_size or args.batch_size_val,
-                                                    args.num_workers if num_workers is None else num_workers,
-                                                    progress):
-            size, mtime_ns = found[path]
-            entries[path] = {"path": path, "size": size, "mtime_ns": mtime_ns, **fields}
-            if embedding is not None:
-                rows[path] = embedding
-            if time.perf_counter() - last_commit > COMMIT_SECONDS:
-                _commit(index_dir, header, entries, rows)
+
+def _encode(store: IndexStore, model: CLIP4Clip, args: Namespace, videos_dir: str, todo: list[FileEntry],
+            device: str, batch_size: int | None, num_workers: int | None, commit_seconds: float,
+            progress: bool) -> dict[str, Any]:
+    """Encode the windows `todo` lacks, committing every `commit_seconds`."""
+    resolved = resolve_device(device)
+    model.to(resolved)
+    jobs = [Job(entry.path, entry.windows_done) for entry in todo]
+    pending = _Pending(todo)
+    encoded, windows, video_seconds = [], 0, 0.0
+    covered = {entry.id: -1 for entry in todo}   # file id -> end frame of its last window encoded
+    start = last_commit = time.perf_counter()
+    with tqdm(total=len(todo), desc="index", unit="file", disable=not progress, dynamic_ncols=True) as bar:
+        for item in encode_windows(model, args, videos_dir, jobs, make_reader(args), store.meta["segment"],
+                                   store.meta["stride"], resolved, batch_size or args.batch_size_val,
+                                   args.num_workers if num_workers is None else num_workers):
+            entry = todo[item.job]
+            if item.reason:
+                log.warning("cannot read %s: %s (listed as failed in the index)", entry.path, item.reason)
+            if item.number >= 0:
+                video_seconds += (item.end_frame - max(item.start_frame, covered[entry.id])) / item.fps
+                covered[entry.id] = item.end_frame
+            pending.add(entry.id, item)
+            if item.last:
+                encoded.append(entry.path)
+                bar.update()
+            bar.set_postfix(video=clock(video_seconds), committed=windows, refresh=False)
+            if time.perf_counter() - last_commit > commit_seconds:
+                windows += pending.commit(store)
                 last_commit = time.perf_counter()
-        seconds = time.perf_counter() - start
-    _commit(index_dir, header, entries, rows)
-    failed = sum(e["status"] == "failed" for e in entries.values())
-    return {"videos": len(entries), "ok": len(entries) - failed, "failed": failed, "encoded": todo,
-            "reused": reused, "dropped": dropped, "seconds": seconds,
-            "videos_per_s": len(todo) / seconds if seconds > 0 else 0.0}
+        windows += pending.commit(store)
+    return {"encoded": encoded, "windows_encoded": windows, "seconds": time.perf_counter() - start,
+            "video_seconds": video_seconds}

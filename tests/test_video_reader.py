@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from dataloaders.synthetic import write_mp4
-from dataloaders.video_reader import VideoReader, VideoReadError, framerate_frame_indices, sample_frame_indices
+from dataloaders.video_reader import (VideoReader, VideoReadError, framerate_frame_indices, plan_windows,
+                                     sample_frame_indices)
 from modules.clip import CLIP_MEAN, CLIP_STD, normalize_video
 
 BACKENDS = ("decord", "pyav")
@@ -146,6 +147,70 @@ def test_normalize_video_matches_clip_formula():
     as_double = normalize_video(video.double())
     assert as_double.dtype == torch.float64  # a floating input keeps its dtype
     torch.testing.assert_close(as_double, expected.double(), rtol=1e-6, atol=1e-6)
+
+
+def test_plan_windows_covers_a_video_with_full_segments():
+    assert plan_windows(40, 8, 2, 1) == [(0, 16), (8, 24), (16, 32), (24, 40)]
+    assert plan_windows(44, 8, 2, 1)[-2:] == [(24, 40), (28, 44)]   # the tail: a full window ending at the end
+    assert plan_windows(16, 8, 2, 1) == plan_windows(16, 8, 0, 0) == [(0, 16)]   # no longer than a segment
+    assert plan_windows(10, 8, 2, 1) == [(0, 10)]
+    assert plan_windows(400, 8, 0, 0) == [(0, 400)]
+
+
+class _CountingContainer:
+    """A PyAV container that records the frames its decoder yields and any seek."""
+
+    def __init__(self, container, log: dict):
+        self.container, self.log = container, log
+        log["opened"] += 1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self.container.__exit__(*exc)
+
+    def __getattr__(self, name):
+        return getattr(self.container, name)
+
+    def seek(self, *args, **kwargs):
+        self.log["seeks"] += 1
+        return self.container.seek(*args, **kwargs)
+
+    def decode(self, *args, **kwargs):
+        for frame in self.container.decode(*args, **kwargs):
+            self.log["decoded"] += 1
+            yield frame
+
+
+def test_read_windows_samples_each_window_as_a_clip_in_one_decode(video40, monkeypatch):
+    import av
+
+    log = {"opened": 0, "seeks": 0, "decoded": 0}
+    real_open = av.open
+    monkeypatch.setattr(av, "open", lambda *a, **k: _CountingContainer(real_open(*a, **k), log))
+    reader = VideoReader(num_frames=4, image_size=32)
+    windows = list(reader.read_windows(video40, 2.0, 1.0))
+    assert log == {"opened": 1, "seeks": 0, "decoded": 38}   # one pass, in order, up to the last frame sampled (37)
+    assert [(w.number, w.start, w.end, w.fps) for w in windows] == [
+        (n, start, end, 8.0) for n, (start, end) in enumerate(plan_windows(40, 8, 2, 1))]
+    for w in windows:   # each window read as `read` reads a clip of its frames: segment centres
+        expected = [w.start + i for i in sample_frame_indices(16, 4, random_offsets=False)]
+        assert w.indices == decoded_indices(w.video, w.mask) == expected and w.mask.tolist() == [1] * 4
+    later = list(reader.read_windows(video40, 2.0, 1.0, first=2))
+    assert [w.number for w in later] == [2, 3] and all(torch.equal(a.video, b.video) for a, b in zip(windows[2:], later))
+    (whole,) = reader.read_windows(video40, 0, 0)
+    video, mask, indices = reader.read_with_indices(video40, train=False)
+    assert whole.indices == indices and torch.equal(whole.video, video) and torch.equal(whole.mask, mask)
+
+
+def test_read_windows_of_bad_files_raise(tmp_path):
+    reader = VideoReader(num_frames=4, image_size=32)
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "noise.mp4").write_bytes(np.random.default_rng(0).bytes(3000))
+    for name, reason in (("empty.mp4", "empty file"), ("noise.mp4", "cannot decode")):
+        with pytest.raises(VideoReadError, match=reason):
+            list(reader.read_windows(str(tmp_path / name), 2.0, 1.0))
 
 
 # ---------------------------------------------------------------- frames at a frame rate (CLIP4Clip's extractor)

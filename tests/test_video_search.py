@@ -1,12 +1,18 @@
-"""scripts/video_search.py and modules/search: a trained tiny run indexes a folder of videos (the
-synthetic test split, nested, with an unreadable file) and answers every test caption where the
-engine's evaluation ranks it; incremental re-indexing; the results page; exact vs faiss search."""
+"""scripts/video_search.py and the search package with trained tiny runs: a folder of short videos
+(the synthetic test split, nested, with an unreadable file) answers every test caption where the
+engine's evaluation ranks it; a long video made of those clips one after another gives each
+caption's moment; incremental updates, a run killed at any moment and resumed, the lock, another
+checkpoint, the JSON migration; the results page (parsed, and rendered in headless Chromium)."""
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
+import sqlite3
 import subprocess
+import sys
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote
@@ -20,21 +26,25 @@ from test_engine import _records, _run_flags
 import main
 import params
 from dataloaders import build_dataset, make_reader
-from dataloaders.synthetic import write_mp4
+from dataloaders.synthetic import write_long_video, write_mp4
 from dataloaders.video_reader import VideoReader
 from engine.checkpoint import load_clip_weights
 from engine.factory import build_trained_model, model_from_checkpoint
 from modules.clip import normalize_video
 from modules.tokenization import tokenize
 from scripts import video_search
+from scripts.make_long_video import make_folder
+from scripts.moment_accuracy import moment_accuracy
 from search import index as search_index
-from search import query as search_query
-from search.index import build_index, load_index
+from search.index import build_index
+from search.lock import index_lock
+from search.moments import Moment, clock
 from search.page import write_page
-from search.query import Hit
+from search.store import IndexStore, WindowRecord
 
 NUM_TEST_VIDEOS = 12
 DATA = ("--synthetic_num_test_videos", str(NUM_TEST_VIDEOS), "--synthetic_num_frames", "8")
+REPO = Path(__file__).resolve().parents[1]
 RUNS = {
     # STOP reads 4 segment centres of 8 frames; the checkpoint holds no CLIP (re-created from the seed).
     "stop": DATA,
@@ -102,15 +112,42 @@ def _query_json(capsys, index: Path, texts: list[str], *extra: str) -> list[dict
     return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
 
 
+def _windows(index: Path) -> dict[str, list[tuple[WindowRecord, np.ndarray]]]:
+    """Every searchable window of an index with its embedding (float32 of the stored float16), by
+    file, in window order."""
+    store = IndexStore.open(str(index))
+    try:
+        stored = {shard.first + row: embedding for shard in store.shards()
+                  for row, embedding in enumerate(np.asarray(shard.embeddings, dtype=np.float32))}
+        records = store.lookup(sorted(stored))
+    finally:
+        store.close()
+    by_file: dict[str, list[tuple[WindowRecord, np.ndarray]]] = {}
+    for window_id, record in sorted(records.items(), key=lambda item: (item[1].relpath, item[1].start_frame)):
+        by_file.setdefault(record.relpath, []).append((record, stored[window_id]))
+    return by_file
+
+
+def _failed(index: Path) -> dict[str, str]:
+    store = IndexStore.open(str(index))
+    try:
+        return {path: entry.reason for path, entry in store.files().items() if entry.status == "failed"}
+    finally:
+        store.close()
+
+
 @pytest.mark.slow
 def test_search_ranks_every_test_caption_where_evaluation_does(run, indexed, capsys):
     run_dir, args, dataset, videos = run
     index, summary = indexed
-    assert (summary["videos"], summary["ok"], summary["failed"]) == (NUM_TEST_VIDEOS + 1, NUM_TEST_VIDEOS, 1)
-    manifest, embeddings = load_index(str(index))
-    failed = [e for e in manifest["videos"] if e["status"] == "failed"]
-    assert [e["path"] for e in failed] == ["a/broken.mp4"] and "cannot decode" in failed[0]["reason"]
-    assert embeddings.shape == (NUM_TEST_VIDEOS, 128) and np.allclose(np.linalg.norm(embeddings, axis=1), 1)
+    assert (summary["files"], summary["ok"], summary["failed"]) == (NUM_TEST_VIDEOS + 1, NUM_TEST_VIDEOS, 1)
+    # The default window is the training clips' length (8 frames at 8 fps), so a clip is one window.
+    assert (summary["segment"], summary["stride"]) == (1.0, 0.5) and summary["windows"] == NUM_TEST_VIDEOS
+    failed = _failed(index)
+    assert list(failed) == ["a/broken.mp4"] and "cannot decode" in failed["a/broken.mp4"]
+    windows = _windows(index)
+    embeddings = np.stack([embedding for (_, embedding), in windows.values()])
+    assert embeddings.shape == (NUM_TEST_VIDEOS, 128) and np.allclose(np.linalg.norm(embeddings, axis=1), 1, atol=1e-3)
 
     answers = _query_json(capsys, index, dataset.captions, "--top_k", "100")
     assert [a["query"] for a in answers] == dataset.captions
@@ -118,7 +155,8 @@ def test_search_ranks_every_test_caption_where_evaluation_does(run, indexed, cap
     for answer, video_index in zip(answers, dataset.text_to_video):
         paths = [os.path.basename(r["path"]) for r in answer["results"]]
         assert len(paths) == NUM_TEST_VIDEOS and "broken.mp4" not in paths
-        assert all(set(r) == {"path", "score", "frames"} for r in answer["results"])
+        assert all(set(r) == {"path", "start", "end", "score", "frames"} for r in answer["results"])
+        assert all((r["start"], r["end"]) == (0, 1) for r in answer["results"])   # the whole 1 s clip
         ranks.append(paths.index(os.path.basename(dataset.video_paths[video_index])) + 1)
     ranks = np.array(ranks, dtype=float)
     engine = next(r for r in _records(run_dir) if r["split"] == "test")["metrics"]["t2v"]
@@ -132,26 +170,24 @@ def test_kept_frames_are_the_ones_the_model_chose(run, indexed, capsys):
     """Manifest and JSON frames against the compressor run by hand on the reader's frames."""
     run_dir, args, dataset, videos = run
     index, _ = indexed
-    manifest, _ = load_index(str(index))
+    by_name = {os.path.basename(path): windows[0][0] for path, windows in _windows(index).items()}
     model = build_trained_model(args, str(run_dir / "best.pt")).eval()
     reader = make_reader(args)
-    by_name = {os.path.basename(e["path"]): e for e in manifest["videos"]}
     for path in dataset.video_paths[:4]:
-        entry = by_name[os.path.basename(path)]
+        window = by_name[os.path.basename(path)]
         video, mask, read = reader.read_with_indices(path, train=False)
-        assert entry["frames_read"] == read
+        assert window.frames_read == read
         if model.tempme_compressor is None:
-            assert entry["frames_kept"] == read and read == [0, 2, 4, 6]
+            assert window.frames_kept == read and read == [0, 2, 4, 6]
             continue
         with torch.no_grad():
             _, _, info = model.tempme_compressor(normalize_video(video[None]), mask[None])
         positions = info["indices"][0]
-        assert entry["frames_kept"] == sorted(read[p] for p in positions[positions >= 0].tolist())
-        assert len(read) == 8 and len(entry["frames_kept"]) == 4
-    caption = dataset.captions[0]
-    (answer,) = _query_json(capsys, index, [caption], "--top_k", "3")
+        assert window.frames_kept == sorted(read[p] for p in positions[positions >= 0].tolist())
+        assert len(read) == 8 and len(window.frames_kept) == 4
+    (answer,) = _query_json(capsys, index, [dataset.captions[0]], "--top_k", "3")
     for result in answer["results"]:
-        assert result["frames"] == by_name[os.path.basename(result["path"])]["frames_kept"]
+        assert result["frames"] == by_name[os.path.basename(result["path"])].frames_kept
 
 
 @pytest.mark.slow
@@ -185,9 +221,38 @@ def test_model_from_checkpoint_is_the_trained_model(run, tmp_path):
         model_from_checkpoint(str(tmp_path / "bare.pt"))
 
 
-def _rows(index: Path) -> dict[str, np.ndarray]:
-    manifest, embeddings = load_index(str(index))
-    return {e["path"]: np.array(embeddings[e["row"]]) for e in manifest["videos"] if e["status"] == "ok"}
+def _long_video(dataset, folder: Path, repeats: int = 1) -> None:
+    """`folder/long.mp4`: the test clips one after another, `repeats` times."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_long_video(str(folder / "long.mp4"), list(dataset.video_paths) * repeats)
+
+
+@pytest.fixture(scope="module")
+def long_indexed(run, tmp_path_factory):
+    """(index, folder) of a folder holding a long video of 9 of the run's test clips one after
+    another and the 3 others as short files beside it (`scripts/make_long_video.py`)."""
+    _, _, dataset, _ = run
+    folder = tmp_path_factory.mktemp("long") / "my videos"
+    make_folder(dataset, str(folder), NUM_TEST_VIDEOS - 3, 3)
+    index = folder.parent / "index"
+    video_search.main(["index", "--checkpoint", str(run[0] / "best.pt"), "--videos", str(folder), "--index",
+                       str(index), "--device", "cpu", "--num_workers", "1", "--no_progress"])
+    return index, folder
+
+
+@pytest.mark.slow
+def test_each_captions_moment_in_a_long_video(run, tmp_path):
+    """A long video holds the test clips one after another: each caption's best moment there should
+    overlap its clip (temporal IoU >= 0.5) about as often as evaluation ranks the clip first among
+    the same clips, at least the engine's t2v R@1 minus 10 points."""
+    run_dir, _, dataset, _ = run
+    make_folder(dataset, str(tmp_path / "videos"), NUM_TEST_VIDEOS, 0)
+    result = moment_accuracy(str(run_dir / "best.pt"), str(tmp_path / "videos"),
+                             os.path.dirname(dataset.video_paths[0]), str(tmp_path / "work"))
+    engine_r1 = next(r for r in _records(run_dir) if r["split"] == "test")["metrics"]["t2v"]["R1"]
+    assert result["captions"] == NUM_TEST_VIDEOS
+    assert result["clip_r1"] == pytest.approx(engine_r1)   # the same clips, ranked as evaluation ranks them
+    assert result["moment_hit_rate"] >= engine_r1 - 10
 
 
 @pytest.mark.slow
@@ -196,7 +261,8 @@ def test_reindexing_encodes_only_new_or_changed_files(stop_run, tmp_path, monkey
     videos, index, checkpoint = tmp_path / "videos", tmp_path / "index", str(run_dir / "best.pt")
     shutil.copytree(source, videos)
     first = build_index(checkpoint, str(videos), str(index), device="cpu", num_workers=0, progress=False)
-    before = _rows(index)
+    before = {path: windows[0][1] for path, windows in _windows(index).items()}
+    shards = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in (index / "shards").iterdir()}
     assert len(first["encoded"]) == NUM_TEST_VIDEOS + 1 and first["reused"] == 0
     names = sorted(before)
     touched, modified, deleted, other = names[0], names[1], names[2], names[3]
@@ -208,119 +274,234 @@ def test_reindexing_encodes_only_new_or_changed_files(stop_run, tmp_path, monkey
     second = build_index(checkpoint, str(videos), str(index), device="cpu", num_workers=0, progress=False)
     assert sorted(second["encoded"]) == sorted([touched, modified, "a/new.mp4"])
     assert second["dropped"] == [deleted] and second["reused"] == NUM_TEST_VIDEOS + 1 - 3
-    after = _rows(index)
+    # A commit writes only what is new: the first run's shards are untouched, one more holds 3 rows;
+    # the old windows of the changed and deleted files stay behind, unreferenced.
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in (index / "shards").iterdir()
+            if p.name in shards} == shards
+    new_shards = [np.load(p) for p in (index / "shards").iterdir() if p.name not in shards]
+    assert [len(rows) for rows in new_shards] == [3] and second["dead_rows"] == 3
+    after = {path: windows[0][1] for path, windows in _windows(index).items()}
     assert set(after) == set(before) - {deleted} | {"a/new.mp4"}
     for path in set(before) - {deleted, modified, touched}:
         assert np.array_equal(after[path], before[path])
-    np.testing.assert_allclose(after[touched], before[touched], atol=1e-6)
-    np.testing.assert_allclose(after[modified], before[other], atol=1e-6)
-    np.testing.assert_allclose(after["a/new.mp4"], before[other], atol=1e-6)
-    manifest, _ = load_index(str(index))
-    assert [e["path"] for e in manifest["videos"] if e["status"] == "failed"] == ["a/broken.mp4"]
-    assert len(list(index.glob("embeddings-*.npy"))) == 1
+    np.testing.assert_allclose(after[touched], before[touched], atol=1e-3)
+    np.testing.assert_allclose(after[modified], before[other], atol=1e-3)
+    np.testing.assert_allclose(after["a/new.mp4"], before[other], atol=1e-3)
+    assert list(_failed(index)) == ["a/broken.mp4"]
 
     # Nothing changed: nothing encoded, and the model is not even built.
     monkeypatch.setattr(search_index, "model_from_checkpoint", lambda *a: pytest.fail("model built"))
     third = build_index(checkpoint, str(videos), str(index), device="cpu", num_workers=0, progress=False)
-    assert third["encoded"] == [] and third["dropped"] == [] and _rows(index).keys() == after.keys()
+    assert third["encoded"] == [] and third["dropped"] == [] and _windows(index).keys() == after.keys()
+
+
+def _committed(database: Path) -> int:
+    """Windows committed to an index another process is writing (0 before it exists)."""
+    if not database.exists():
+        return 0
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10) as db:
+        try:
+            return db.execute("SELECT COUNT(*) FROM windows").fetchone()[0]
+        except sqlite3.OperationalError:   # the tables are not created yet
+            return 0
 
 
 @pytest.mark.slow
-def test_a_killed_indexing_run_keeps_what_it_committed(stop_run, tmp_path, monkeypatch):
-    run_dir, _, _, videos = stop_run
-    index, checkpoint = tmp_path / "index", str(run_dir / "best.pt")
-    real = search_index.encode_files
+def test_a_run_killed_at_any_moment_resumes_from_its_last_commit(stop_run, tmp_path):
+    """A real `index` process killed with SIGKILL mid-way through a long video, then run again: it
+    encodes only the windows after its last commit, and the index equals one built in one go."""
+    run_dir, _, dataset, _ = stop_run
+    videos, checkpoint = tmp_path / "videos", str(run_dir / "best.pt")
+    _long_video(dataset, videos, repeats=4)              # 48 s: 95 windows
+    shutil.copy(dataset.video_paths[0], videos / "short.mp4")
+    flags = ["--checkpoint", checkpoint, "--videos", str(videos), "--device", "cpu", "--batch_size", "1",
+             "--num_workers", "0", "--no_progress"]
+    reference = video_search.main(["index", *flags, "--index", str(tmp_path / "reference")])
+    index = tmp_path / "index"
+    child = subprocess.Popen([sys.executable, str(REPO / "scripts" / "video_search.py"), "index", *flags,
+                              "--index", str(index), "--commit_seconds", "0"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while _committed(index / "index.sqlite") < 10 and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    committed = _committed(index / "index.sqlite")
+    assert 10 <= committed < reference["windows"], "the run was not killed half-way"
+    resumed = video_search.main(["index", *flags, "--index", str(index)])
+    assert resumed["windows_encoded"] == reference["windows"] - committed   # nothing lost, nothing twice
+    assert (resumed["windows"], resumed["dead_rows"]) == (reference["windows"], 0)
+    ours, theirs = _windows(index), _windows(tmp_path / "reference")
+    assert ours.keys() == theirs.keys() == {"long.mp4", "short.mp4"}
+    for path in ours:
+        assert [(w.start_frame, w.end_frame, w.frames_read, w.frames_kept) for w, _ in ours[path]] == \
+               [(w.start_frame, w.end_frame, w.frames_read, w.frames_kept) for w, _ in theirs[path]]
+        np.testing.assert_allclose(np.stack([e for _, e in ours[path]]), np.stack([e for _, e in theirs[path]]),
+                                   atol=1e-3)
 
-    def dies_after_three(*args, **kwargs):
-        for count, item in enumerate(real(*args, **kwargs)):
-            if count == 3:
-                raise KeyboardInterrupt
+
+@pytest.mark.slow
+def test_a_file_that_changes_while_it_is_encoded_is_encoded_again(stop_run, tmp_path, monkeypatch):
+    run_dir, _, dataset, _ = stop_run
+    videos, index, checkpoint = tmp_path / "videos", tmp_path / "index", str(run_dir / "best.pt")
+    _long_video(dataset, videos)
+    shutil.copy(dataset.video_paths[0], videos / "short.mp4")
+    real = search_index.encode_windows
+
+    def edited_during_the_run(*args, **kwargs):
+        for item in real(*args, **kwargs):
+            if item.number == 0 and args[3][item.job].path == "long.mp4":
+                os.utime(videos / "long.mp4", ns=(1, 1))   # the file changes under the run
             yield item
 
-    monkeypatch.setattr(search_index, "COMMIT_SECONDS", -1.0)   # commit after every video
-    monkeypatch.setattr(search_index, "encode_files", dies_after_three)
-    with pytest.raises(KeyboardInterrupt):
-        build_index(checkpoint, str(videos), str(index), device="cpu", num_workers=0, progress=False)
-    assert len(load_index(str(index))[0]["videos"]) == 3
-    monkeypatch.setattr(search_index, "encode_files", real)
-    resumed = build_index(checkpoint, str(videos), str(index), device="cpu", num_workers=0, progress=False)
-    assert resumed["reused"] == 3 and len(resumed["encoded"]) == NUM_TEST_VIDEOS + 1 - 3
+    monkeypatch.setattr(search_index, "encode_windows", edited_during_the_run)
+    first = build_index(checkpoint, str(videos), str(index), device="cpu", num_workers=0, progress=False)
+    assert sorted(first["encoded"]) == ["long.mp4", "short.mp4"]
+    monkeypatch.setattr(search_index, "encode_windows", real)
+    second = build_index(checkpoint, str(videos), str(index), device="cpu", num_workers=0, progress=False)
+    assert second["encoded"] == ["long.mp4"] and second["reused"] == 1
+
+
+@pytest.mark.slow
+def test_a_second_index_run_stops_with_one_line_naming_the_lock(stop_run, tmp_path):
+    run_dir, _, _, videos = stop_run
+    index = tmp_path / "index"
+    with index_lock(str(index)):
+        with pytest.raises(SystemExit, match=r"^error: --index .* is being written by another index run "
+                                             rf"\(pid {os.getpid()} .* holds {index}/index\.lock\): wait") as stop:
+            video_search.main(["index", "--checkpoint", str(run_dir / "best.pt"), "--videos", str(videos),
+                               "--index", str(index), "--no_progress"])
+    assert "\n" not in str(stop.value)
 
 
 @pytest.mark.slow
 def test_index_and_query_refuse_another_model(run, indexed, tmp_path):
     run_dir, _, _, videos = run
     index, _ = indexed
-    with pytest.raises(ValueError, match="was built with checkpoint .* pass a new --index folder"):
-        build_index(str(run_dir / "latest.pt"), str(videos), str(index), device="cpu", progress=False)
+    with pytest.raises(SystemExit, match=r"^error: --index .* was built with checkpoint .*best\.pt .* not "
+                                         r".*latest\.pt .* do not mix; start a new index with another --index folder"):
+        video_search.main(["index", "--checkpoint", str(run_dir / "latest.pt"), "--videos", str(videos),
+                           "--index", str(index), "--no_progress"])
     with pytest.raises(ValueError, match="indexes .* not"):
         build_index(str(run_dir / "best.pt"), str(tmp_path), str(index), device="cpu", progress=False)
+    with pytest.raises(ValueError, match="holds windows of --segment 1 --stride 0.5, not --segment 3 --stride 1.5"):
+        build_index(str(run_dir / "best.pt"), str(videos), str(index), segment=3, device="cpu", progress=False)
+    with pytest.raises(ValueError, match="--stride must be in \\(0, --segment 2\\]"):
+        build_index(str(run_dir / "best.pt"), str(videos), str(tmp_path / "new"), segment=2, stride=3,
+                    device="cpu", progress=False)
     changed = tmp_path / "changed"
     shutil.copytree(index, changed)
-    manifest = json.loads((changed / "manifest.json").read_text())
-    manifest["model"]["sha256"] = "0" * 64   # as if best.pt had been overwritten since
-    (changed / "manifest.json").write_text(json.dumps(manifest))
+    store = IndexStore.open(str(changed))
+    store.set_meta(model={**store.meta["model"], "sha256": "0" * 64})   # as if best.pt had been overwritten since
+    store.close()
     with pytest.raises(SystemExit, match="changed since --index .* was built"):
         video_search.main(["query", "--index", str(changed), "--text", "a red circle"])
-    with pytest.raises(SystemExit, match="holds no manifest.json: build it with"):
+    with pytest.raises(SystemExit, match="holds no index.sqlite: build it with"):
         video_search.main(["query", "--index", str(tmp_path / "nothing"), "--text", "a red circle"])
 
 
+@pytest.mark.slow
+def test_a_json_index_of_the_earlier_format_is_migrated_and_answers_as_before(run, indexed, tmp_path, capsys,
+                                                                             caplog):
+    """The earlier format (manifest.json + float32 embeddings, one per file), written from an index
+    of one window per file, is migrated by the first query, which answers as the index did."""
+    _, _, dataset, _ = run
+    index, _ = indexed
+    store = IndexStore.open(str(index))
+    files, meta = store.files(), dict(store.meta)
+    store.close()
+    windows = _windows(index)
+    legacy_dir = tmp_path / "legacy"
+    legacy_dir.mkdir()
+    entries, rows = [], []
+    for path, entry in files.items():
+        fields = {"path": path, "size": entry.size, "mtime_ns": entry.mtime_ns, "status": entry.status}
+        if entry.status == "ok":
+            (window, embedding), = windows[path]
+            fields.update(row=len(rows), frames_read=window.frames_read, frames_kept=window.frames_kept)
+            rows.append(embedding)
+        else:
+            fields["reason"] = entry.reason
+        entries.append(fields)
+    np.save(legacy_dir / "embeddings-0123.npy", np.stack(rows))
+    (legacy_dir / "manifest.json").write_text(json.dumps({
+        "version": 1, "videos_dir": meta["videos_dir"], "embeddings": "embeddings-0123.npy", "dim": meta["dim"],
+        "frames_per_video": meta["frames_per_window"], "model": meta["model"], "videos": entries}))
+    expected = _query_json(capsys, index, dataset.captions[:3], "--top_k", "5")
+    answers = _query_json(capsys, legacy_dir, dataset.captions[:3], "--top_k", "5")
+    assert "migrated the JSON index" in caplog.text and (legacy_dir / "index.sqlite").exists()
+    for ours, theirs in zip(answers, expected):
+        assert [r["path"] for r in ours["results"]] == [r["path"] for r in theirs["results"]]
+        assert [r["score"] for r in ours["results"]] == pytest.approx([r["score"] for r in theirs["results"]])
+
+
 class _Page(HTMLParser):
-    """Headings, images (src, class of the enclosing figure) of a results page."""
+    """Headings, moment links, images (src, class of the enclosing figure) and frame captions of a
+    results page."""
 
     def __init__(self):
         super().__init__()
-        self.headings, self.images, self.figure, self.in_h2 = [], [], None, False
+        self.headings, self.links, self.images, self.captions = [], [], [], []
+        self.figure, self.text_of = None, None
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
-        self.in_h2 = tag == "h2"
+        self.text_of = {"h2": self.headings, "figcaption": self.captions}.get(tag)
         if tag == "figure":
             self.figure = attrs["class"]
         if tag == "img":
             self.images.append((attrs["src"], self.figure))
+        if tag == "a":
+            self.links.append(attrs["href"])
 
     def handle_data(self, data):
-        if self.in_h2:
-            self.headings.append(data)
-            self.in_h2 = False
+        if self.text_of is not None:
+            self.text_of.append(data)
+            self.text_of = None
 
 
 @pytest.fixture(scope="module")
-def page(run, indexed, tmp_path_factory):
-    """(page path, queries, hits) of a query over the run's test videos."""
+def page(run, long_indexed, tmp_path_factory):
+    """(page path, queries, moments) of a query over the long video and short clips."""
     _, _, dataset, _ = run
-    index, _ = indexed
+    index, _ = long_indexed
     queries = dataset.captions[:3] + ['a <b>"quoted"</b> & odd query']
     page = tmp_path_factory.mktemp("page") / "site" / "results.html"
     page.parent.mkdir()
-    hits = video_search.main(["query", "--index", str(index), "--device", "cpu", "--top_k", "3",
-                              "--html", str(page), *[a for q in queries for a in ("--text", q)]])
-    return page, queries, hits
+    moments = video_search.main(["query", "--index", str(index), "--device", "cpu", "--top_k", "3",
+                                 "--html", str(page), *[a for q in queries for a in ("--text", q)]])
+    return page, queries, moments
 
 
 @pytest.mark.slow
-def test_page_holds_every_query_and_its_frames(run, page):
+def test_page_holds_every_query_and_its_moments(run, long_indexed, page):
     _, args, _, _ = run
-    path, queries, hits = page
+    _, folder = long_indexed
+    path, queries, moments = page
     parsed = _Page()
     parsed.feed(path.read_text())
     assert parsed.headings == queries   # escaping round-trips, the odd query included
+    # Each moment links to its file, played from its start to its end.
+    expected = [f"{os.path.relpath(folder / m.relpath, path.parent)}#t={m.start:g},{m.end:g}"
+                for query_moments in moments for m in query_moments]
+    assert [unquote(link) for link in parsed.links] == expected and len(expected) == len(queries) * 3
     read, kept = (8, 4) if args.use_tempme else (4, 4)
     classes = [c for _, c in parsed.images]
     assert len(classes) == len(queries) * 3 * read and classes.count("kept") == len(queries) * 3 * kept
     assert classes.count("dropped") == len(classes) - classes.count("kept")
     for src, _ in parsed.images:
         assert not os.path.isabs(src) and (path.parent / unquote(src)).is_file()
-    # The first hit's strip holds the frames the reader gives the model, in order.
-    video, _, indices = make_reader(args).read_with_indices(hits[0][0].path, train=False)
+    # The first moment's strip: its best window's frames as the reader gives them to the model, in
+    # order, each with its time in the file.
+    best = moments[0][0].best
+    video, _ = make_reader(args).read_frames(str(folder / best.relpath), best.frames_read)
+    assert parsed.captions[:read] == [clock(i / best.fps) for i in best.frames_read]
     for position, (src, figure) in enumerate(parsed.images[:read]):
         image = np.asarray(Image.open(path.parent / unquote(src))).astype(float)
         assert image.shape == (64, 64, 3)   # the model's 64 px crop
-        distances = [np.abs(image - frame.permute(1, 2, 0).numpy()).mean() for frame in video[:read]]
+        distances = [np.abs(image - frame.permute(1, 2, 0).numpy()).mean() for frame in video]
         assert int(np.argmin(distances)) == position and distances[position] < 3   # JPEG rounding only
-        assert (figure == "kept") == (indices[position] in hits[0][0].frames_kept)
+        assert (figure == "kept") == (best.frames_read[position] in best.frames_kept)
 
 
 @pytest.mark.slow
@@ -331,6 +512,8 @@ def test_page_renders_in_headless_chromium(page, tmp_path):
     path, _, _ = page
     shot = tmp_path / "page.png"
     subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
                     f"--screenshot={shot}", "--window-size=1100,900", path.as_uri()],
                    check=True, capture_output=True, timeout=120)
     pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
@@ -338,54 +521,28 @@ def test_page_renders_in_headless_chromium(page, tmp_path):
     assert green > 1000 and pixels.std() > 20
 
 
-def test_page_flags_hits_whose_file_changed_or_vanished(tmp_path):
+def test_page_flags_moments_whose_file_changed_or_vanished(tmp_path):
     frames = np.random.default_rng(0).integers(0, 255, (6, 32, 32, 3), dtype=np.uint8)
     write_mp4(str(tmp_path / "v.mp4"), frames)
     reader = VideoReader(num_frames=4, image_size=32)
-    same = Hit(str(tmp_path / "v.mp4"), "v.mp4", 0.5, frames_read=[0, 1, 3, 4], frames_kept=[1, 4])  # centres
-    changed = Hit(same.path, same.relpath, 0.4, frames_read=[0, 1, 2, 3], frames_kept=[1])
-    gone = Hit(str(tmp_path / "gone.mp4"), "gone.mp4", 0.3, frames_read=[0], frames_kept=[0])
+
+    def moment(window_id: int, relpath: str, read: list[int], kept: list[int]) -> Moment:
+        window = WindowRecord(window_id, relpath, 8.0, 0, 6, read, kept)
+        return Moment(relpath, window.start, window.end, 0.5, window)
+
+    same = moment(1, "v.mp4", [0, 1, 3, 4], [1, 4])
+    changed = moment(2, "v.mp4", [0, 1, 2, 9], [1])   # frame 9 is past the end now
+    gone = moment(3, "gone.mp4", [0], [0])
     page = tmp_path / "p.html"
-    written = write_page(str(page), ["q1", "q2"], [[same, gone], [changed]], reader, "subtitle", compressed=True)
-    assert [os.path.basename(w).split("-")[1] for w in written] == ["0.jpg", "1.jpg", "3.jpg", "4.jpg"]
+    written = write_page(str(page), str(tmp_path), ["q1", "q2"], [[same, gone], [changed]], reader, "subtitle",
+                         compressed=True)
+    assert [os.path.basename(w) for w in written] == ["w1-0.jpg", "w1-1.jpg", "w1-3.jpg", "w1-4.jpg",
+                                                      "w2-0.jpg", "w2-1.jpg", "w2-2.jpg", "w2-5.jpg"]
     text = page.read_text()
     assert text.count('class="kept"') == 2 + 1 and text.count('class="dropped"') == 2 + 3
     assert text.count("cannot read the file now") == 1 and "gone.mp4" in text
     assert text.count("changed since it was indexed") == 1   # `changed`, not `same`, whose frames match
-
-
-def test_exact_search_against_a_full_sort_and_faiss(monkeypatch):
-    rng = np.random.default_rng(0)
-    embeddings = rng.standard_normal((1000, 32)).astype(np.float32)
-    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
-    embeddings[500] = embeddings[7]                       # a tie: the lower row comes first
-    queries = np.concatenate([embeddings[[7]], rng.standard_normal((9, 32)).astype(np.float32)])
-    monkeypatch.setattr(search_query, "SEARCH_CHUNK", 64)   # many chunks to merge
-    scores, rows = search_query.exact_top_k(embeddings, queries, 15)
-    full = queries @ embeddings.T
-    for q in range(len(queries)):
-        expected = sorted(range(len(embeddings)), key=lambda i: (-full[q, i], i))[:15]
-        assert rows[q].tolist() == expected
-        np.testing.assert_allclose(scores[q], full[q, expected], rtol=1e-5, atol=1e-6)
-    assert rows[0][:2].tolist() == [7, 500]
-    assert search_query.exact_top_k(embeddings[:5], queries, 10)[1].shape == (10, 5)
-    pytest.importorskip("faiss")
-    f_scores, f_rows = search_query.top_k(embeddings, queries, 15, backend="faiss")
-    assert np.array_equal(f_rows, rows)
-    np.testing.assert_allclose(f_scores, scores, atol=1e-5)
-
-
-def test_auto_search_uses_faiss_only_for_large_indexes(monkeypatch):
-    calls = []
-    monkeypatch.setattr(search_query, "faiss_top_k", lambda *a: calls.append("faiss"))
-    monkeypatch.setattr(search_query, "exact_top_k", lambda *a: calls.append("exact"))
-    monkeypatch.setattr(search_query.importlib.util, "find_spec", lambda name: object())
-    monkeypatch.setattr(search_query, "FAISS_MIN_VIDEOS", 100)
-    search_query.top_k(np.zeros((99, 4)), np.zeros((1, 4)), 5)
-    search_query.top_k(np.zeros((100, 4)), np.zeros((1, 4)), 5)
-    monkeypatch.setattr(search_query.importlib.util, "find_spec", lambda name: None)
-    search_query.top_k(np.zeros((100, 4)), np.zeros((1, 4)), 5)
-    assert calls == ["exact", "faiss", "exact"]
+    assert text.count('href="v.mp4#t=0,0.75"') == 2 and "0:00.5" in text   # frame 4 at 8 fps
 
 
 def test_find_videos_recurses_and_knows_the_loaders_extensions(tmp_path):
@@ -408,3 +565,14 @@ def test_query_flags_need_one_text_source(tmp_path):
         video_search.read_queries(str(tmp_path / "missing.txt"))
     (tmp_path / "q.txt").write_text("a red circle\n\n  a blue square  \n")
     assert video_search.read_queries(str(tmp_path / "q.txt")) == ["a red circle", "a blue square"]
+
+
+def test_bad_numbers_and_a_corrupt_index_end_in_one_line(tmp_path):
+    with pytest.raises(SystemExit, match="^error: --top_k must be >= 1, got 0$"):
+        video_search.main(["query", "--index", str(tmp_path), "--text", "a red circle", "--top_k", "0"])
+    with pytest.raises(SystemExit, match="^error: --batch_size must be >= 1, got 0$"):
+        video_search.main(["index", "--checkpoint", "c.pt", "--videos", "v", "--index", "i", "--batch_size", "0"])
+    (tmp_path / "index.sqlite").write_bytes(b"not a database " * 100)
+    with pytest.raises(SystemExit, match=r"^error: --index .* is not a readable index \(.*\): index into a new "
+                                         r"folder$"):
+        video_search.main(["query", "--index", str(tmp_path), "--text", "a red circle"])

@@ -257,9 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="weight of the auxiliary loss teaching the compressor's frame scores the teacher's "
                              "view of every input frame (0 = off)")
     tempme.add_argument("--tempme_teacher", choices=TEACHERS, default=LOSS.teacher,
-                        help="auxiliary targets: text = how surely a frame picks out its own caption among the "
-                             "batch's; distinct = how unlike the rest of its video a frame is (chases outliers "
-                             "such as cuts and flashes); mix = both")
+                        help="auxiliary targets: completion = what a frame adds to the frames kept with it for "
+                             "picking out its caption among the batch's (finds brief captioned moments); text = how "
+                             "surely the frame alone picks out its caption; distinct = how unlike the rest of its "
+                             "video a frame is (chases outliers such as cuts and flashes)")
     tempme.add_argument("--tempme_teacher_share", type=float, default=LOSS.teacher_share,
                         help="share of each training batch whose input frames the model embeds one by one for "
                              "the teacher (no gradient); the teacher's cost is this share of a pass over every "

@@ -146,7 +146,7 @@ def completion_targets(frame_emb: torch.Tensor, video_mask: torch.Tensor, kept: 
     return standardised(value, video_mask) / temperature
 
 
-TEACHERS = ("distinct", "text", "mix", "completion")
+TEACHERS = ("completion", "text", "distinct")
 
 
 @dataclass
@@ -159,7 +159,7 @@ class LossConfig:
     video, because those frames are what TempMe saves CLIP from)."""
     caption_contrast: float = 0.0
     aux_weight: float = 1.0
-    teacher: str = "text"
+    teacher: str = "completion"
     teacher_share: float = 0.25
 
     @classmethod
@@ -192,9 +192,10 @@ class RetrievalLoss(nn.Module):
     step embeds frame by frame (`CLIP4Clip.frame_embeddings`) into `outputs["teacher_frame_emb"]`
     `[B_t, T_in, D]` with their `outputs["input_mask"]` `[B_t, T_in]`: the straight-through gate
     only tells the compressor about frames it already selected. `teacher` picks the targets:
-    "distinct" (`distinctiveness_targets`: frames unlike the rest of their video), "text"
-    (`caption_relevance_targets`: frames that pick out their own caption, as a log-posterior) or
-    "mix" (both standardised within the clip and summed: distinct and relevant frames first).
+    "completion" (`completion_targets`: what a frame adds to the frames kept with it, for picking
+    out its caption), "text" (`caption_relevance_targets`: frames that pick out their own caption
+    alone, as a log-posterior) or "distinct" (`distinctiveness_targets`: frames unlike the rest of
+    their video).
     """
 
     def __init__(self, config: LossConfig | None = None, aux_temperature: float = AUX_TEMPERATURE) -> None:
@@ -212,12 +213,7 @@ class RetrievalLoss(nn.Module):
         if teacher == "completion":
             return completion_targets(frame_emb, mask, outputs["info"]["indices"][:frame_emb.shape[0]],
                                       outputs["text_emb"], outputs["logit_scale"], self.aux_temperature)
-        relevance = caption_relevance_targets(frame_emb, outputs["text_emb"], outputs["logit_scale"])
-        if teacher == "text":
-            return relevance
-        # mix: on one scale, so an outlier's distinctiveness is cancelled by its irrelevance.
-        return (distinctiveness_targets(frame_emb, mask, self.aux_temperature)
-                + standardised(relevance, mask) / self.aux_temperature)
+        return caption_relevance_targets(frame_emb, outputs["text_emb"], outputs["logit_scale"])
 
     def forward(self, outputs: dict[str, Any], output_dict: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
         """`outputs` of `CLIP4Clip.forward` (plus the teacher's frame embeddings, see the class, and

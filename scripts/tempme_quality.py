@@ -24,7 +24,7 @@ fine-tuning budget on that condition's clips (`--epochs`, `--batch_size`, `--fin
     basic_text        48 -> 8 with TempMeCompressor, taught caption relevance        (8)
     basic_completion  48 -> 8 with TempMeCompressor, taught what a frame adds to the others  (8)
 
-(selectable with `--configs`: basic_distinct, basic_mix, basic_none (no teacher), simple,
+(selectable with `--configs`: basic_distinct, basic_none (no teacher), simple,
 uniform8_merge and basic_merge (`--token_merge frame`), adaptive 48 -> [4, 12]).
 
 The instrument: *partner accuracy*, the share of test videos whose caption scores the video above
@@ -94,7 +94,6 @@ CONFIGS: dict[str, list[str]] = {
 # Selectable with --configs, not part of the default study (default teacher where one applies).
 OPTIONAL: dict[str, list[str]] = {
     "basic_distinct": [*_BASIC, "--tempme_teacher", "distinct"],
-    "basic_mix": [*_BASIC, "--tempme_teacher", "mix"],
     "basic_none": [*_BASIC, "--tempme_aux_weight", "0"],
     "simple": ["--max_frames", str(INPUT_FRAMES), "--use_tempme", "True", "--tempme_type", "simple",
                "--tempme_compression_ratio", f"{CLIP_FRAMES / INPUT_FRAMES:.4f}"],

@@ -51,7 +51,7 @@ def test_model_from_typed_parts_equals_the_factory_model():
 
 
 def test_loss_follows_the_flags():
-    assert build_loss(params.get_args(FLAGS)).config == LossConfig(aux_weight=1.0, teacher="text", teacher_share=0.25)
+    assert build_loss(params.get_args(FLAGS)).config == LossConfig(aux_weight=1.0, teacher="completion", teacher_share=0.25)
     assert build_loss(params.get_args(FLAGS + ["--tempme_teacher", "distinct"])).config.teacher == "distinct"
     assert build_loss(params.get_args(FLAGS + ["--tempme_aux_weight", "0.3"])).config.aux_weight == 0.3
     assert build_loss(params.get_args(FLAGS + ["--use_tempme", "False"])).config.aux_weight == 0.0

@@ -116,8 +116,14 @@ def completion_targets(frame_emb: torch.Tensor, video_mask: torch.Tensor, kept: 
     """Target logits `[B_t, T]`: how much each frame adds to the other frames the compressor keeps,
     for picking out its video's caption among the batch's captions.
 
-    A set of frames is approximated in the embedding space by the normalised sum of their
-    embeddings, and judged by `log softmax_c(logit_scale * cos(text_c, set))` at c = its video.
+    A set of frames is approximated in the embedding space by the sum of their embeddings divided
+    by K, the number of frames kept (the same divisor with and without the frame judged), and
+    judged by `log softmax_c(logit_scale * <text_c, set>)` at c = its video. Not renormalised: a
+    frame that matches no caption then moves every caption's score alike and adds nothing, where
+    renormalising the set would shrink all scores and make such a frame look useful whenever the
+    kept frames favour a rival caption (in the quality study's clips with distractors, a selector
+    taught with the renormalised set kept about 1.5x as many outlier frames).
+
     Frame t's value is that judgement of the kept frames other than t with t, minus that of the
     kept frames other than t (what keeping t adds; what dropping it would lose), standardised over
     the video's real frames and divided by `temperature`. A frame is judged with the others, not
@@ -138,8 +144,10 @@ def completion_targets(frame_emb: torch.Tensor, video_mask: torch.Tensor, kept: 
     texts = F.normalize(text_emb.detach().float(), dim=-1)
     own = torch.arange(b, device=frame_emb.device)
 
+    count = valid.sum(1).clamp(min=1)[:, None, None].float()     # K per video
+
     def judged(sets: torch.Tensor) -> torch.Tensor:              # [B_t, T, D] -> [B_t, T]
-        logits = logit_scale.detach().float() * F.normalize(sets, dim=-1) @ texts.t()
+        logits = logit_scale.detach().float() * (sets / count) @ texts.t()
         return logits.log_softmax(-1)[own, :, own]
 
     value = (judged(others + frame_emb) - judged(others)).masked_fill(video_mask <= 0, 0.0)

@@ -25,7 +25,7 @@ from engine import checkpoint, distributed, logger, optim
 from engine.evaluate import evaluate
 from engine.factory import build_loss, build_trained_model
 from engine.precision import build_scaler, resolve_precision
-from engine.train import Interrupted, ctrl_c_never_lost, raise_if_ctrl_c, train_one_epoch
+from engine.train import Interrupted, train_one_epoch
 from modules.errors import UserError, one_line
 from modules.tokenization import tokenize
 
@@ -100,8 +100,7 @@ def exits_cleanly(args: Namespace, run: logger.RunFolder) -> Iterator[None]:
     are written atomically). Any failure before training began removes the run folder this
     start made. Logging and the process group are closed in every case."""
     try:
-        with ctrl_c_never_lost():
-            yield
+        yield
     except (UserError, KeyboardInterrupt) as exc:
         if isinstance(exc, UserError):
             message, code = f"error: {one_line(str(exc))}", EXIT_USER_ERROR
@@ -182,7 +181,6 @@ def train_and_validate(args: Namespace, model: nn.Module, trainable: set[str], t
                                 warmup_steps=warmup_steps, device=device, precision=precision,
                                 nonfinite_in_a_row=state.nonfinite_in_a_row)
         run.progress = (epoch + 1, stats["step"])  # for the message of a Ctrl-C while validating or saving
-        raise_if_ctrl_c()
         result = evaluate(model, val_set, args, device, precision)
         r1 = result["metrics"]["t2v"]["R1"]
         improved = r1 > state.best_r1

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from dataloaders import make_loader
 from engine import distributed
+from engine.interrupt import deferred_ctrl_c, raise_if_ctrl_c
 from engine.metrics import compute_dsl_metrics, compute_metrics
 from engine.precision import autocast
 
@@ -42,14 +43,16 @@ def _encode(loader: DataLoader, index_key: str, encode: Callable[[dict], tuple[t
     """Run `encode` over the loader; returns the per-output concatenations, indices, model seconds."""
     outputs: list[list[torch.Tensor]] = []
     indices, seconds = [], 0.0
-    for batch in tqdm(loader, desc=desc, disable=quiet, dynamic_ncols=True, leave=False):
-        start = time.perf_counter()
-        result = encode(batch)
-        if result[0].is_cuda:
-            torch.cuda.synchronize(result[0].device)
-        seconds += time.perf_counter() - start
-        outputs.append([r.float() for r in result])
-        indices.append(batch[index_key])
+    with deferred_ctrl_c():
+        for batch in tqdm(loader, desc=desc, disable=quiet, dynamic_ncols=True, leave=False):
+            raise_if_ctrl_c()
+            start = time.perf_counter()
+            result = encode(batch)
+            if result[0].is_cuda:
+                torch.cuda.synchronize(result[0].device)
+            seconds += time.perf_counter() - start
+            outputs.append([r.float() for r in result])
+            indices.append(batch[index_key])
     columns = [torch.cat(col) for col in zip(*outputs)]
     return columns, torch.cat(indices), seconds
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import signal
-import threading
 import time
 from argparse import Namespace
 from typing import Any, Callable, Iterable, Iterator
@@ -23,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from engine import distributed, optim
+from engine.interrupt import deferred_ctrl_c, raise_if_ctrl_c
 from engine.precision import autocast
 from modules.clip import normalize_video
 from modules.errors import UserError
@@ -41,42 +40,6 @@ class Interrupted(KeyboardInterrupt):
         super().__init__(f"interrupted at epoch {epoch} step {step}")
         self.epoch = epoch
         self.step = step
-
-
-_ctrl_c_pending = False
-
-
-def _on_ctrl_c(signum: int, frame: Any) -> None:
-    global _ctrl_c_pending
-    _ctrl_c_pending = True
-    raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def ctrl_c_never_lost() -> Iterator[None]:
-    """Inside the block Ctrl-C raises KeyboardInterrupt as usual and also stays pending until
-    `raise_if_ctrl_c` sees it: Python swallows an exception raised in some callbacks (e.g. the
-    logging module's fork hook, run each time a DataLoader starts its workers), and a Ctrl-C
-    landing there would otherwise be lost. Only in the main thread, and only where SIGINT has
-    Python's default handler (a background job that ignores SIGINT keeps ignoring it)."""
-    global _ctrl_c_pending
-    in_main = threading.current_thread() is threading.main_thread()
-    if not in_main or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield
-        return
-    _ctrl_c_pending = False
-    signal.signal(signal.SIGINT, _on_ctrl_c)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        _ctrl_c_pending = False
-
-
-def raise_if_ctrl_c() -> None:
-    """Raise the KeyboardInterrupt of a Ctrl-C that was swallowed where it landed."""
-    if _ctrl_c_pending:
-        raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
@@ -142,7 +105,8 @@ def train_one_epoch(model: nn.Module, loss_fn: RetrievalLoss, loader: Iterable[d
     start = time.perf_counter()
     bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}", dynamic_ncols=True,
                disable=args.no_progress or not distributed.is_main_process())
-    with interrupted_at(epoch + 1, lambda: step):  # Ctrl-C: where training stopped, for the message
+    # Ctrl-C: stop at the next batch, raised as where training stopped, for the message.
+    with interrupted_at(epoch + 1, lambda: step), deferred_ctrl_c():
         for i, batch in enumerate(loader):
             raise_if_ctrl_c()
             if i >= steps_per_epoch * accum:

@@ -197,9 +197,15 @@ def run_argv(own: argparse.Namespace, extra: list[str], condition: str, config: 
             "--seed", str(seed), "--output_dir", output_dir, "--run_name", f"{config}_s{seed}", *stage, *extra]
 
 
+def _flags_read(flags: dict[str, Any]) -> dict[str, Any]:
+    """The flags a run reads: without TempMe none of the `tempme_*` ones (a changed TempMe default
+    does not make the reference runs stale)."""
+    return flags if flags.get("use_tempme") else {k: v for k, v in flags.items() if not k.startswith("tempme_")}
+
+
 def _finished_test_record(args: argparse.Namespace, dataset_folder: str) -> dict[str, Any] | None:
-    """The test record of a finished run with exactly these arguments on this synthetic dataset
-    (its folder name hashes the generator version too), else None."""
+    """The test record of a finished run with the same arguments (those it reads, `_flags_read`) on
+    this synthetic dataset (its folder name hashes the generator version too), else None."""
     run_dir = os.path.join(args.output_dir, args.run_name)
     try:
         with open(os.path.join(run_dir, "args.json")) as f:
@@ -210,7 +216,7 @@ def _finished_test_record(args: argparse.Namespace, dataset_folder: str) -> dict
             records = [json.loads(line) for line in f if line.strip()]
     except (OSError, ValueError, KeyError):
         return None
-    same = saved == json.loads(json.dumps(vars(args))) and used_folder == dataset_folder
+    same = _flags_read(saved) == _flags_read(json.loads(json.dumps(vars(args)))) and used_folder == dataset_folder
     tests = [r for r in records if r.get("split") == "test"]
     return tests[-1] if same and tests else None
 

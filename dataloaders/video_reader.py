@@ -33,6 +33,7 @@ FrameChoice = Callable[[list[int], int], list[int]]
 # (frames in the file, frames per second) -> the frame indices to decode.
 _Pick = Callable[[int, float], list[int]]
 
+
 class VideoReadError(RuntimeError):
     """A video file exists but cannot be used; `reason` is a short human-readable cause."""
 

@@ -136,14 +136,13 @@ def completion_targets(frame_emb: torch.Tensor, video_mask: torch.Tensor, kept: 
     first B_t captions of `text_emb [B, D]`.
     """
     b, t = video_mask.shape
-    valid = kept >= 0
-    picked = frame_emb.gather(1, kept.clamp(min=0)[..., None].expand(-1, -1, frame_emb.shape[-1]))
+    valid, slots = kept >= 0, kept.clamp(min=0)
+    picked = frame_emb.gather(1, slots[..., None].expand(-1, -1, frame_emb.shape[-1]))
     is_kept = torch.zeros(b, t, dtype=torch.bool, device=kept.device)
-    is_kept.scatter_(1, kept.clamp(min=0), valid)
+    is_kept.scatter_(1, slots, valid)
     others = (picked * valid[..., None]).sum(1)[:, None] - frame_emb * is_kept[..., None]   # [B_t, T, D]
     texts = F.normalize(text_emb.detach().float(), dim=-1)
     own = torch.arange(b, device=frame_emb.device)
-
     count = valid.sum(1).clamp(min=1)[:, None, None].float()     # K per video
 
     def judged(sets: torch.Tensor) -> torch.Tensor:              # [B_t, T, D] -> [B_t, T]
@@ -227,15 +226,14 @@ class RetrievalLoss(nn.Module):
         """`outputs` of `CLIP4Clip.forward` (plus the teacher's frame embeddings, see the class, and
         the batch's "video_index" `[B]` for the caption contrast) -> the scalar loss, or with
         `output_dict` {"contrastive", "caption_contrast", "frame_selection" (those computed), "loss"}."""
-        losses = {"contrastive": symmetric_infonce(all_gather_with_grad(outputs["text_emb"]),
-                                                   all_gather_with_grad(outputs["video_emb"]),
+        text_emb = all_gather_with_grad(outputs["text_emb"])   # gathered once, for both terms
+        losses = {"contrastive": symmetric_infonce(text_emb, all_gather_with_grad(outputs["video_emb"]),
                                                    outputs["logit_scale"])}
         loss = losses["contrastive"]
         if self.config.caption_contrast > 0:
             owners = outputs.get("video_index")
             losses["caption_contrast"] = caption_contrast_loss(
-                all_gather_with_grad(outputs["text_emb"]), outputs["logit_scale"],
-                None if owners is None else all_gather_with_grad(owners))
+                text_emb, outputs["logit_scale"], None if owners is None else all_gather_with_grad(owners))
             loss = loss + self.config.caption_contrast * losses["caption_contrast"]
         if self.config.aux_weight > 0 and "teacher_frame_emb" in outputs:
             taught = outputs["teacher_frame_emb"].shape[0]
